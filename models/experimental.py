@@ -1,0 +1,48 @@
+"""attempt_load: the loader YOLOv5 users' own scripts call."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from models.registry import YamlError
+from utils.checkpoint import CheckpointError, load_checkpoint
+
+
+def build_from_checkpoint(weights: str | Path, verbose: bool = False):
+    """Rebuild the model from a checkpoint's yaml and load its weights (strict). Returns (model, info dict)."""
+    from models.yolo import Model
+    info = load_checkpoint(weights)
+    cfg = dict(info["yaml"])
+    try:
+        model = Model(cfg, ch=cfg.get("ch", 3), nc=cfg.get("nc"), verbose=verbose)
+    except YamlError as e:
+        raise CheckpointError(f"'{weights}': cannot rebuild its model: {e}") from None
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in info["state_dict"].items()}
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"'{weights}': weights do not fit the rebuilt model: {str(e).splitlines()[0]}") from None
+    if info["names"]:
+        model.names = {int(k): v for k, v in info["names"].items()}
+    model.pt_source = info["source"]
+    model.ckpt_info = {k: v for k, v in info.items() if k not in ("state_dict", "ckpt")}
+    return model, info
+
+
+def attempt_load(weights, device=None, inplace: bool = True, fuse: bool = True):
+    """Load a checkpoint (ours or YOLOv5's) as a float32 eval-mode model, fused unless fuse=False."""
+    if isinstance(weights, (list, tuple)):
+        if len(weights) != 1:
+            raise ValueError("model ensembles are not supported; pass one weights file")
+        weights = weights[0]
+    model, _ = build_from_checkpoint(weights)
+    model = model.float().eval()
+    if fuse:
+        model.fuse(verbose=False)
+    for m in model.modules():
+        if hasattr(m, "inplace"):
+            m.inplace = inplace
+    if device is not None:
+        model = model.to(device)
+    return model

@@ -1,0 +1,92 @@
+"""Small shared helpers: logging, path resolution, rounding. Box maths lives in utils/boxes.py."""
+from __future__ import annotations
+
+import glob
+import logging
+import math
+import os
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LOGGER = logging.getLogger("yolov5lite")
+if not LOGGER.handlers:
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("%(message)s"))
+    LOGGER.addHandler(_handler)
+    LOGGER.setLevel(logging.INFO)
+    LOGGER.propagate = False
+
+
+def make_divisible(x: float, divisor: int = 8) -> int:
+    """Smallest multiple of divisor that is >= x (YOLOv5's width rounding)."""
+    return int(math.ceil(x / divisor) * divisor)
+
+
+def colorstr(*parts: str) -> str:
+    """Wrap the last argument in ANSI colours named by the others, e.g. colorstr('blue', 'bold', 'text')."""
+    *styles, text = parts if len(parts) > 1 else ("blue", "bold", parts[0])
+    codes = {"black": 30, "red": 31, "green": 32, "yellow": 33, "blue": 34, "magenta": 35, "cyan": 36,
+             "white": 37, "bold": 1, "underline": 4}
+    if os.environ.get("NO_COLOR"):
+        return text
+    return "".join(f"\033[{codes[s]}m" for s in styles) + text + "\033[0m"
+
+
+def increment_path(path: str | Path, exist_ok: bool = False, sep: str = "", mkdir: bool = False) -> Path:
+    """runs/train/exp -> runs/train/exp2, exp3, ... unless exist_ok."""
+    path = Path(path)
+    if path.exists() and not exist_ok:
+        path, suffix = (path.with_suffix(""), path.suffix) if path.is_file() else (path, "")
+        for n in range(2, 100000):
+            candidate = Path(f"{path}{sep}{n}{suffix}")
+            if not candidate.exists():
+                path = candidate
+                break
+    if mkdir:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resolve_file(name: str | Path, search_dirs: tuple[str, ...] = (), kind: str = "file") -> Path:
+    """Find a file as YOLOv5 does: as given, then by bare name under the search dirs (relative to the repo root).
+
+    Raises FileNotFoundError listing every place it looked.
+    """
+    name = str(name)
+    candidates = [Path(name)]
+    if not Path(name).is_absolute():
+        candidates.append(ROOT / name)
+        for d in search_dirs:
+            candidates.append(ROOT / d / name)
+            candidates.extend(Path(p) for p in glob.glob(str(ROOT / d / "**" / Path(name).name), recursive=True))
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    looked = ", ".join(dict.fromkeys(str(c) for c in candidates[:6]))
+    raise FileNotFoundError(f"{kind} '{name}' not found (looked in: {looked})")
+
+
+def check_yaml(name: str | Path) -> Path:
+    """Resolve a model/data/hyp yaml by bare name under models/, data/ or data/hyps/."""
+    return resolve_file(name, ("models", "data", "data/hyps"), kind="yaml")
+
+
+def check_img_size(imgsz, stride: int = 32, floor: int = 0):
+    """Round image size(s) up to a multiple of stride, warning when it changes."""
+    if isinstance(imgsz, int):
+        new = max(make_divisible(imgsz, int(stride)), floor)
+    else:
+        imgsz = list(imgsz)
+        new = [max(make_divisible(x, int(stride)), floor) for x in imgsz]
+    if new != imgsz:
+        LOGGER.warning(f"WARNING ⚠️ --img-size {imgsz} must be multiple of max stride {stride}, updating to {new}")
+    return new
+
+
+def clean_str(s: str) -> str:
+    return re.sub(r"[|@#!¡·$€%&()=?¿^*;:,¨´><+]", "_", s)
+
+
+def emojis(s: str) -> str:
+    return s
