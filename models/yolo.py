@@ -122,7 +122,7 @@ def parse_model(d: dict, ch: list[int], probe: torch.Tensor | None = None, verbo
             m.i, m.f, m.type = i, f, f"{cls.__module__}.{cls.__name__}".replace("__main__.", "")
             m.np = sum(p.numel() for p in m.parameters())
             if verbose:
-                LOGGER.info(f"{i:>3}{str(f):>18}{n_:>3}{m.np:10.0f}  {m.type:<40}{str(args):<30}")
+                LOGGER.info(f"{i:>3}{str(f):>18}{n_:>3}{m.np:10.0f}  {m.type:<40}{str(ctor_args):<30}")
             save.extend(j % i for j in ([f] if isinstance(f, int) else f) if j != -1)
             layers.append(m)
             if i == 0:
@@ -148,6 +148,8 @@ class BaseModel(nn.Module):
                 profile_layers(m, x, timings)
             x = m(x)
             y.append(x if m.i in self.save else None)
+        if profile:
+            LOGGER.info(f"{sum(timings):10.2f} {'-':>10s} {'-':>10s}  Total")
         return x
 
     def fuse(self, verbose: bool = True):

@@ -114,8 +114,6 @@ def profile_layers(m: nn.Module, x, timings: list) -> None:
     if not len(timings) - 1:
         LOGGER.info(f"{'time (ms)':>10s} {'GFLOPs':>10s} {'params':>10s}  module")
     LOGGER.info(f"{timings[-1]:10.2f} {flops:10.2f} {m.np:10.0f}  {m.type}")
-    if m.i == getattr(m, "_last_index", None):
-        LOGGER.info(f"{sum(timings):10.2f} {'-':>10s} {'-':>10s}  Total")
 
 
 def scale_img(img: torch.Tensor, ratio: float = 1.0, same_shape: bool = False, gs: int = 32) -> torch.Tensor:
