@@ -194,3 +194,16 @@ def test_cli_summary_and_profile(caplog):
     assert "YOLOv5n summary: 270 layers, 1872157 parameters, 1872157 gradients, 4.6 GFLOPs" in text
     assert "Total" in text and "GFLOPs" in text
     assert "yaml 'does_not_exist.yaml' not found" in text
+
+
+def test_segment_head():
+    d = yaml.safe_load((ROOT / "models" / "yolov5n.yaml").read_text())
+    d["head"][-1] = [[17, 20, 23], 1, "Segment", ["nc", "anchors", 32, 256]]
+    model = Model(d, verbose=False)
+    assert round(n_params(model) / 1e6, 1) == 2.0  # published yolov5n-seg: 2.0M
+    assert model.model[-1].proto.cv3.conv.out_channels == 32 and model.model[-1].npr == 64  # 256 * width 0.25
+    model.eval()
+    with torch.no_grad():
+        det, proto, _ = model(torch.rand(1, 3, 128, 96))
+    assert det.shape == (1, 3 * (16 * 12 + 8 * 6 + 4 * 3), 80 + 5 + 32)
+    assert proto.shape == (1, 32, 32, 24)
