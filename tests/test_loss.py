@@ -226,10 +226,10 @@ def test_loss_falls_when_optimising_predictions():
     torch.manual_seed(0)
     model = FakeModel(3, HYP)
     p = [nn.Parameter(0.1 * t) for t in random_outputs(2, 3)]
-    opt = torch.optim.Adam(p, lr=0.05)
+    opt = torch.optim.Adam(p, lr=0.1)
     cl = ComputeLoss(model)
     first = None
-    for _ in range(60):
+    for _ in range(30):
         loss, items = cl(p, TARGETS)
         first = items.clone() if first is None else first
         opt.zero_grad()
@@ -244,7 +244,7 @@ def test_real_model_if_available():
         from models.yolo import Model
     except ImportError as e:  # the builder lands in parallel with this module
         pytest.skip(f"models.yolo not importable: {e}")
-    model = Model(ROOT / "models" / "yolov5n.yaml", nc=3)
+    model = Model(ROOT / "models" / "yolov5n.yaml", nc=3, verbose=False)
     model.hyp = dict(HYP)
     model.train()
     p = model(torch.zeros(2, 3, 64, 64))

@@ -120,8 +120,7 @@ def kmeans(obs: np.ndarray, k: int, iter: int = 30, thresh: float = 1e-5, rng=No
             for j in np.flatnonzero(counts == 0):  # rare: at most k per pass
                 far = dmin.argmax()
                 c[j], dmin[far] = obs[far], 0.0
-            sums = np.zeros_like(c)
-            np.add.at(sums, lab, obs)
+            sums = np.stack([np.bincount(lab, weights=obs[:, i], minlength=k) for i in range(obs.shape[1])], 1)
             nz = counts > 0
             c[nz] = sums[nz] / counts[nz, None]
             if prev - dist <= thresh:  # distortion stopped falling

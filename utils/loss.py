@@ -50,9 +50,9 @@ class ComputeLoss:
     sort_obj_iou = False
 
     def __init__(self, model: nn.Module, autobalance: bool = False):
-        params = list(model.parameters()) if hasattr(model, "parameters") else []
         m = de_parallel(model).model[-1]  # Detect head
-        device = params[0].device if params else m.anchors.device
+        first = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+        device = first.device if first is not None else m.anchors.device
         h = model.hyp
 
         bce_cls = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([h["cls_pw"]], device=device))
