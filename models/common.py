@@ -6,3 +6,10 @@ from models.blocks.conv import Concat, Conv, DWConv, Focus, autopad  # noqa: F40
 from models.blocks.csp import C3, SPP, SPPF, Bottleneck, CSPBase  # noqa: F401
 from models.blocks.ghost import C3Ghost, GhostBottleneck, GhostConv  # noqa: F401
 from models.blocks.heads import Detect, Proto, Segment  # noqa: F401
+from models.blocks.attention import CBAM, SE  # noqa: F401
+from models.blocks.mobilenet import DWSConv, MobileNetV2_Block, MobileNetV3_Block, conv_bn_hswish  # noqa: F401
+from models.blocks.efficientnet import DropPath, FusedMBConv, MBConv  # noqa: F401
+from models.blocks.uib import C3_UIB, UIB  # noqa: F401
+from models.blocks.repvgg import RepVGGBlock  # noqa: F401
+from models.blocks.shufflenet import ShuffleNetV2_Block, conv_bn_relu_maxpool  # noqa: F401
+from models.blocks.torchvision_backbone import Index, TorchVisionBackbone  # noqa: F401

@@ -15,17 +15,18 @@ from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 
 
-def coco_reference(preds: list, labels: list, nc: int, max_dets=(1, 10, 100)) -> tuple[float, float]:
+def coco_reference(preds: list, labels: list, nc: int, max_dets=(1, 10, 100), ids=None) -> tuple[float, float]:
     """pycocotools (mAP50-95, mAP50) for per-image preds (n, 6) xywh conf cls and labels (m, 5) cls xywh."""
-    gt = {"images": [{"id": i, "width": 1000, "height": 1000} for i in range(len(labels))],
+    ids = list(range(len(labels))) if ids is None else [int(i) for i in ids]
+    gt = {"images": [{"id": i, "width": 1000, "height": 1000} for i in ids],
           "categories": [{"id": c, "name": str(c)} for c in range(nc)], "annotations": []}
-    for i, lb in enumerate(labels):
+    for i, lb in zip(ids, labels):
         for row in lb:
             gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": i, "category_id": int(row[0]),
                                       "bbox": [float(v) for v in row[1:5]], "area": float(row[3] * row[4]),
                                       "iscrowd": 0})
     dt = [{"image_id": i, "category_id": int(r[5]), "bbox": [float(v) for v in r[:4]], "score": float(r[4])}
-          for i, p in enumerate(preds) for r in p]
+          for i, p in zip(ids, preds) for r in p]
     with contextlib.redirect_stdout(io.StringIO()):
         cg = COCO()
         cg.dataset = gt
@@ -127,6 +128,20 @@ def test_integer_grid_boxes_and_score_ties_match_pycocotools():
     rng = np.random.default_rng(4)
     preds, labels = make_scene(rng, 30, 3, gt_range=(2, 12), integer=True, quantise_scores=True, crowd=True)
     assert_matches_coco(preds, labels, 3)
+
+
+def test_score_ties_across_images_follow_image_id_order():
+    # COCOeval ranks equal scores of different images by image id; val.py's ids need not ascend in its order
+    rng = np.random.default_rng(11)
+    preds, labels = make_scene(rng, 30, 2, quantise_scores=True, dup=(1, 4))
+    ids = rng.permutation(1000)[:30]
+    ref, ref50 = coco_reference(preds, labels, 2, ids=ids)
+    m = DetectionMetrics(2)
+    for s in range(0, 30, 8):
+        m.update(preds[s:s + 8], labels[s:s + 8], image_ids=ids[s:s + 8])
+    r = m.compute()
+    assert r["map"] == pytest.approx(ref, abs=1e-12) and r["map50"] == pytest.approx(ref50, abs=1e-12)
+    assert abs(ours(preds, labels, 2)["map"] - ref) > 1e-6  # the order really matters in this scene
 
 
 def test_exact_threshold_iou_and_equal_iou_ties():
@@ -254,6 +269,50 @@ def test_confusion_matrix_counts(tmp_path):
     assert (cm2.matrix == m).all()
     f = cm.plot(tmp_path, names={0: "a", 1: "b", 2: "c"})
     assert f.exists() and f.stat().st_size > 1000
+
+
+def _naive_confusion(preds, labels, nc, conf=0.25, iou_thres=0.45):
+    """Per image, per pair: best IoU pairs claim first; one det per gt and one gt per det."""
+    m = np.zeros((nc + 1, nc + 1), np.int64)
+    for p, lb in zip(preds, labels):
+        p = p[p[:, 4] > conf]
+        pairs = []
+        for gi, g in enumerate(lb):
+            for di, d in enumerate(p):
+                w = min(g[3], d[2]) - max(g[1], d[0])
+                h = min(g[4], d[3]) - max(g[2], d[1])
+                inter = max(w, 0) * max(h, 0)
+                iou = inter / ((g[3] - g[1]) * (g[4] - g[2]) + (d[2] - d[0]) * (d[3] - d[1]) - inter + 1e-7)
+                if iou > iou_thres:
+                    pairs.append((iou, gi, di))
+        # unique detection first (its best gt), then unique gt among those, both by IoU
+        best_for_det = {}
+        for iou, gi, di in sorted(pairs, key=lambda x: -x[0]):
+            best_for_det.setdefault(di, (iou, gi))
+        used_g, used_d = set(), set()
+        for di, (iou, gi) in sorted(best_for_det.items(), key=lambda kv: -kv[1][0]):
+            if gi not in used_g:
+                used_g.add(gi)
+                used_d.add(di)
+                m[int(p[di, 5]), int(lb[gi, 0])] += 1
+        for gi in set(range(len(lb))) - used_g:
+            m[nc, int(lb[gi, 0])] += 1
+        for di in set(range(len(p))) - used_d:
+            m[int(p[di, 5]), nc] += 1
+    return m
+
+
+def test_confusion_matrix_matches_naive_loop():
+    rng = np.random.default_rng(12)
+    preds, labels = make_scene(rng, 20, 4, crowd=True, gt_range=(3, 10))
+    to_xyxy = (lambda b: np.c_[b[:, :2], b[:, :2] + b[:, 2:4]])
+    preds = [np.c_[to_xyxy(p), p[:, 4:]] for p in preds]
+    labels = [np.c_[lb[:, :1], to_xyxy(lb[:, 1:])] for lb in labels]
+    cm = ConfusionMatrix(4)
+    cm.update(preds, labels)
+    ref = _naive_confusion(preds, labels, 4)
+    assert ref.sum() > 100 and ref[:4, :4].sum() > 20
+    assert (cm.matrix == ref).all()
 
 
 def test_curve_plots_written(tmp_path):

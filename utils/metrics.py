@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.boxes import box_iou_np
-
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # the same floats COCOeval builds (0.6000000000000001 etc.)
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # COCOeval recThrs
 COCO_MAX_DETS = 100  # COCOeval maxDets[-1]: cap per image *and class*, not per image
@@ -248,15 +246,20 @@ class DetectionMetrics:
         self.nc = int(nc)
         self.iouv = np.asarray(iouv, np.float64)
         self.max_det = int(max_det)
-        self._correct, self._conf, self._cls, self._tcls = [], [], [], []
+        self._correct, self._conf, self._cls, self._tcls, self._img, self._ids = [], [], [], [], [], []
         self.seen = 0
         self.results = None
 
-    def update(self, preds: list, labels: list) -> list[np.ndarray]:
+    def update(self, preds: list, labels: list, image_ids: list | None = None) -> list[np.ndarray]:
         """preds[i]: (n, 6) x, y, w, h, conf, cls; labels[i]: (m, 5) cls, x, y, w, h, for the next images.
-        Returns per image the (n, T) correct matrix (rows outside the max_det cap are all False)."""
+        image_ids: their COCO ids, when they do not ascend with the order of updates (COCOeval breaks exact
+        score ties between images in id order). Returns per image the (n, T) correct matrix (rows outside the
+        max_det cap are all False)."""
         if len(preds) != len(labels):
             raise ValueError(f"DetectionMetrics.update: {len(preds)} prediction sets for {len(labels)} label sets")
+        if image_ids is not None and len(image_ids) != len(preds):
+            raise ValueError(f"DetectionMetrics.update: {len(image_ids)} image ids for {len(preds)} images")
+        self._ids += list(range(self.seen, self.seen + len(preds))) if image_ids is None else list(image_ids)
         preds = [np.asarray(p, np.float64).reshape(-1, 6) for p in preds]
         labels = [np.asarray(lb, np.float64).reshape(-1, 5) for lb in labels]
         pn = [len(p) for p in preds]
@@ -269,6 +272,7 @@ class DetectionMetrics:
         self._correct.append(correct[keep])
         self._conf.append(P[keep, 4])
         self._cls.append(P[keep, 5].astype(np.int64))
+        self._img.append(pimg[keep] + self.seen)
         self._tcls.append(L[:, 0].astype(np.int64))
         self.seen += len(preds)
         return np.split(correct, np.cumsum(pn)[:-1]) if len(pn) else []
@@ -286,6 +290,11 @@ class DetectionMetrics:
         conf = np.concatenate(self._conf) if self._conf else np.zeros(0)
         cls = np.concatenate(self._cls) if self._cls else np.zeros(0, np.int64)
         tcls = np.concatenate(self._tcls) if self._tcls else np.zeros(0, np.int64)
+        if len(conf):  # rows in image-id order, so equal scores rank as in COCOeval
+            img_rank = np.empty(len(self._ids), np.int64)
+            img_rank[sorted(range(len(self._ids)), key=self._ids.__getitem__)] = np.arange(len(self._ids))
+            o = np.argsort(img_rank[np.concatenate(self._img)], kind="stable")
+            correct, conf, cls = correct[o], conf[o], cls[o]
         tpc, fpc, p, r, f1, ap, classes, curves = ap_per_class(correct, conf, cls, tcls, plot, save_dir, names)
         ap50, apm = (ap[:, 0], ap.mean(1)) if len(classes) else (np.zeros(0), np.zeros(0))
         mean = (lambda x: float(x.mean()) if len(x) else 0.0)
@@ -328,11 +337,18 @@ class ConfusionMatrix:
         matched_d = np.zeros(len(D), bool)
         matched_g = np.zeros(len(G), bool)
         if len(D) and len(G):
-            iou = box_iou_np(G[:, 1:5], D[:, :4])
-            iou[gimg[:, None] != dimg[None]] = 0  # no matches across images
-            gi, di = np.nonzero(iou > self.iou_thres)
+            # only same-image (gt, det) pairs; both lists are already grouped by image
+            gs = np.searchsorted(gimg, dimg, "left")
+            cnt = np.searchsorted(gimg, dimg, "right") - gs
+            di = np.repeat(np.arange(len(D)), cnt)
+            gi = np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt) + np.repeat(gs, cnt)
+            a, b = G[gi, 1:5], D[di, :4]
+            inter = (np.minimum(a[:, 2:], b[:, 2:]) - np.maximum(a[:, :2], b[:, :2])).clip(0).prod(1)
+            iou = inter / ((a[:, 2:] - a[:, :2]).prod(1) + (b[:, 2:] - b[:, :2]).prod(1) - inter + 1e-7)
+            sel = iou > self.iou_thres
+            gi, di, iou = gi[sel], di[sel], iou[sel]
             if len(gi):
-                o = np.argsort(-iou[gi, di], kind="stable")  # best overlaps claim first
+                o = np.argsort(-iou, kind="stable")  # best overlaps claim first
                 gi, di = gi[o], di[o]
                 _, first = np.unique(di, return_index=True)
                 first.sort()

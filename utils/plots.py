@@ -74,8 +74,9 @@ class Annotator:
     def text(self, xy, text: str, txt_color=(255, 255, 255), anchor: str = "top") -> None:
         """Text with its top-left corner at xy (or its bottom-left with anchor='bottom')."""
         h = cv2.getTextSize(text, 0, fontScale=self.font_scale, thickness=self.tf)[0][1]
-        y = int(xy[1]) + (h if anchor == "top" else 0)
-        cv2.putText(self.im, text, (int(xy[0]), y), 0, self.font_scale, txt_color, self.tf, cv2.LINE_AA)
+        org = int(xy[0]), int(xy[1]) + (h if anchor == "top" else 0)
+        cv2.putText(self.im, text, org, 0, self.font_scale, (0, 0, 0), self.tf + 2, cv2.LINE_AA)  # readable on light
+        cv2.putText(self.im, text, org, 0, self.font_scale, txt_color, self.tf, cv2.LINE_AA)
 
     def result(self) -> np.ndarray:
         return self.im

@@ -1,0 +1,59 @@
+"""Mosaic training dataloader throughput (images/s) at --imgsz with 0 and 2 workers.
+
+python benchmarks/bench_dataloader.py [--data shapes.yaml] [--imgsz 320] [--batch-size 16] [--batches 30]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import yaml  # noqa: E402
+
+from utils.dataloaders import check_dataset, create_dataloader  # noqa: E402
+from utils.general import check_yaml  # noqa: E402
+
+
+def bench(data: str, imgsz: int, batch_size: int, batches: int, workers: int, hyp_file: str, cache) -> float:
+    """Images per second over `batches` batches, after one warm-up batch (worker start-up excluded)."""
+    d = check_dataset(data)
+    hyp = yaml.safe_load(check_yaml(hyp_file).read_text())
+    loader, dataset = create_dataloader(d["train"], imgsz, batch_size, 32, hyp=hyp, augment=True, cache=cache,
+                                        workers=workers, shuffle=True, prefix="bench: ")
+    n = 0
+    it = iter(loader)
+    next(it)
+    t0 = time.perf_counter()
+    for i in range(batches):
+        try:
+            ims, *_ = next(it)
+        except StopIteration:
+            it = iter(loader)
+            ims, *_ = next(it)
+        n += ims.shape[0]
+    return n / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", default="shapes.yaml")
+    p.add_argument("--hyp", default="hyp.scratch-low.yaml")
+    p.add_argument("--imgsz", type=int, default=320)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batches", type=int, default=30)
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    p.add_argument("--cache", default=None, choices=(None, "ram", "disk"))
+    a = p.parse_args(argv)
+    out = {}
+    for w in a.workers:
+        out[w] = bench(a.data, a.imgsz, a.batch_size, a.batches, w, a.hyp, a.cache)
+        print(f"mosaic dataloader imgsz {a.imgsz} batch {a.batch_size} workers {w} cache {a.cache}: "
+              f"{out[w]:.1f} images/s")
+    return out
+
+
+if __name__ == "__main__":
+    main()

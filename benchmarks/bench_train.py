@@ -1,0 +1,114 @@
+"""Training-step and mosaic-dataloader throughput (images/s), and whether the loader keeps up with the step.
+
+python benchmarks/bench_train.py [--cfg yolov5n.yaml yolov5_MobileNetv2.yaml] [--imgsz 320] [--batch-size 16]
+                                 [--steps 8] [--workers 0 2] [--data shapes.yaml]
+
+Training step = forward, ComputeLoss, backward, gradient clipping, SGD step and EMA update, exactly as train.py
+runs them, on batches drawn from the loader beforehand (so loading is not counted). Loader = the augmenting
+training DataLoader (mosaic, random perspective, HSV, flips) iterated alone. The loader is not the bottleneck
+when its images/s is at least twice the step's.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from models.yolo import Model  # noqa: E402
+from utils.dataloaders import check_dataset, create_dataloader  # noqa: E402
+from utils.general import check_yaml  # noqa: E402
+from utils.loss import ComputeLoss  # noqa: E402
+from utils.optim import smart_optimizer  # noqa: E402
+from utils.torch_utils import ModelEMA  # noqa: E402
+
+
+def loader_throughput(path, imgsz: int, batch_size: int, hyp: dict, workers: int, batches: int) -> float:
+    """Images/s of the mosaic training loader after one warm-up batch (worker start-up excluded)."""
+    loader, _ = create_dataloader(path, imgsz, batch_size, 32, hyp=hyp, augment=True, workers=workers,
+                                  shuffle=True, prefix="bench: ")
+    it = iter(loader)
+    next(it)
+    n, t0 = 0, time.perf_counter()
+    for _ in range(batches):
+        try:
+            ims = next(it)[0]
+        except StopIteration:
+            it = iter(loader)
+            ims = next(it)[0]
+        n += ims.shape[0]
+    return n / (time.perf_counter() - t0)
+
+
+def train_step_throughput(cfg: str, batches: list, nc: int, imgsz: int, hyp: dict, steps: int) -> float:
+    """Images/s of train.py's optimisation step on pre-loaded batches, after one warm-up step."""
+    model = Model(cfg, nc=nc, verbose=False)
+    h = dict(hyp)
+    nl = model.model[-1].nl
+    h.update(box=h["box"] * 3 / nl, cls=h["cls"] * nc / 80 * 3 / nl, obj=h["obj"] * (imgsz / 640) ** 2 * 3 / nl)
+    model.hyp = h
+    model.train()
+    compute_loss = ComputeLoss(model)
+    opt = smart_optimizer(model, "SGD", h["lr0"], h["momentum"], h["weight_decay"])
+    ema = ModelEMA(model)
+
+    def step(imgs, targets):
+        loss, _ = compute_loss(model(imgs.float() / 255), targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+        opt.step()
+        opt.zero_grad()
+        ema.update(model)
+
+    step(*batches[0])
+    n, t0 = 0, time.perf_counter()
+    for i in range(steps):
+        imgs, targets = batches[i % len(batches)]
+        step(imgs, targets)
+        n += imgs.shape[0]
+    return n / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cfg", nargs="+", default=["yolov5n.yaml", "yolov5_MobileNetv2.yaml"])
+    p.add_argument("--data", default="shapes.yaml")
+    p.add_argument("--hyp", default="hyp.scratch-low.yaml")
+    p.add_argument("--imgsz", type=int, default=320)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=8, help="timed training steps per model")
+    p.add_argument("--batches", type=int, default=20, help="timed loader batches per worker count")
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    d = check_dataset(a.data)
+    hyp = yaml.safe_load(check_yaml(a.hyp).read_text())
+
+    loader = {w: loader_throughput(d["train"], a.imgsz, a.batch_size, hyp, w, a.batches) for w in a.workers}
+    for w, v in loader.items():
+        print(f"mosaic dataloader  imgsz {a.imgsz} batch {a.batch_size} workers {w}: {v:7.1f} images/s")
+
+    src, _ = create_dataloader(d["train"], a.imgsz, a.batch_size, 32, hyp=hyp, augment=True, workers=0, shuffle=True)
+    it = iter(src)
+    batches = [tuple(next(it)[:2]) for _ in range(min(4, len(src)))]
+    rows = []
+    best_loader = max(loader.values())
+    for cfg in a.cfg:
+        tput = train_step_throughput(cfg, batches, int(d["nc"]), a.imgsz, hyp, a.steps)
+        ratio = best_loader / tput
+        rows.append({"cfg": cfg, "train_ips": tput, **{f"loader_w{w}": v for w, v in loader.items()}, "ratio": ratio})
+        print(f"training step      {cfg:<28} imgsz {a.imgsz} batch {a.batch_size}: {tput:7.1f} images/s; "
+              f"loader/step = {ratio:.1f}x {'(OK: loader not the bottleneck)' if ratio >= 2 else '(loader too slow)'}")
+    print(f"torch threads {torch.get_num_threads()}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

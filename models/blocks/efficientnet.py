@@ -1,0 +1,73 @@
+"""EfficientNetV2 blocks (Tan & Le, 2021): FusedMBConv and MBConv with SE and stochastic depth."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from models.blocks.attention import SE
+from models.blocks.conv import Conv
+from models.registry import register
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al., 2016): drop a sample's residual branch with probability p while training."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop-path probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep  # rescale so the expected output equals the eval-mode output
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+@register
+class FusedMBConv(nn.Module):
+    """Fused-MBConv (EfficientNetV2, Tan & Le, 2021): kxk expand conv replaces 1x1 expand + depthwise."""
+    yaml_args = "channels"
+
+    def __init__(self, c1: int, c2: int, k: int = 3, s: int = 1, e: float = 1, se: float = 0, dp: float = 0.0):
+        super().__init__()
+        c_ = int(c1 * e)
+        if e != 1:
+            self.expand = Conv(c1, c_, k, s)
+            self.se = SE(c_, max(1, int(c1 * se)), nn.SiLU()) if se > 0 else nn.Identity()
+            self.project = Conv(c_, c2, 1, 1, act=False)
+        else:  # a single kxk conv with activation, as torchvision builds it
+            self.expand = Conv(c1, c2, k, s)
+            self.se = SE(c2, max(1, int(c1 * se)), nn.SiLU()) if se > 0 else nn.Identity()
+            self.project = nn.Identity()
+        self.add = s == 1 and c1 == c2
+        self.drop_path = DropPath(dp) if self.add and dp > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.se(self.expand(x)))
+        return x + self.drop_path(y) if self.add else y
+
+
+@register
+class MBConv(nn.Module):
+    """MBConv (MobileNetV2 inverted residual with SE, Tan & Le, 2019/2021); SE width from the block input."""
+    yaml_args = "channels"
+
+    def __init__(self, c1: int, c2: int, k: int = 3, s: int = 1, e: float = 4, se: float = 0.25, dp: float = 0.0):
+        super().__init__()
+        c_ = int(c1 * e)
+        self.expand = Conv(c1, c_, 1, 1) if e != 1 else nn.Identity()
+        self.dw = Conv(c_, c_, k, s, g=c_)
+        self.se = SE(c_, max(1, int(c1 * se)), nn.SiLU()) if se > 0 else nn.Identity()
+        self.project = Conv(c_, c2, 1, 1, act=False)
+        self.add = s == 1 and c1 == c2
+        self.drop_path = DropPath(dp) if self.add and dp > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.se(self.dw(self.expand(x))))
+        return x + self.drop_path(y) if self.add else y

@@ -1,0 +1,189 @@
+"""benchmarks.py: one end-to-end run on two tiny yamls (plus a broken one) and the pieces it is built from."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import benchmarks
+from models.yolo import Model
+from utils.torch_utils import model_flops
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = ["red", "green", "blue"]
+
+
+def _write_dataset(root: Path) -> Path:
+    """Tiny YOLO-format dataset: 64 px images with 1-2 coloured boxes each, 8 train and 4 val."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 4)):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for i in range(n):
+            im = np.full((64, 64, 3), 60, np.uint8)
+            rows = []
+            for q in rng.permutation(4)[:1 + i % 2]:
+                c = int(rng.integers(0, 3))
+                w, h = (int(v) for v in rng.integers(10, 28, 2))
+                x1 = (q % 2) * 32 + int(rng.integers(0, 32 - w + 1))
+                y1 = (q // 2) * 32 + int(rng.integers(0, 32 - h + 1))
+                color = [0, 0, 0]
+                color[2 - c] = 255
+                cv2.rectangle(im, (x1, y1), (x1 + w - 1, y1 + h - 1), color, -1)
+                rows.append(f"{c} {(x1 + w / 2) / 64:.6f} {(y1 + h / 2) / 64:.6f} {w / 64:.6f} {h / 64:.6f}")
+            cv2.imwrite(str(root / "images" / split / f"{split}{i}.png"), im)
+            (root / "labels" / split / f"{split}{i}.txt").write_text("\n".join(rows) + "\n")
+    data = root / "tiny.yaml"
+    data.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val",
+                                    "names": dict(enumerate(NAMES))}))
+    return data
+
+
+def _write_yamls(root: Path) -> list[Path]:
+    """yolov5n at width 0.125, the same with Ghost convs and C3Ghost in the backbone, and a yaml that cannot build."""
+    base = yaml.safe_load((ROOT / "models" / "yolov5n.yaml").read_text())
+    base["width_multiple"] = 0.125
+    ghost = yaml.safe_load(yaml.safe_dump(base))
+    for row in ghost["backbone"][1:9]:
+        row[2] = {"Conv": "GhostConv", "C3": "C3Ghost"}.get(row[2], row[2])
+    broken = yaml.safe_load(yaml.safe_dump(base))
+    broken["backbone"][2][2] = "NoSuchBlock"
+    files = []
+    for name, d in (("tiny_v5", base), ("tiny_ghost", ghost), ("tiny_broken", broken)):
+        files.append(root / f"{name}.yaml")
+        files[-1].write_text(yaml.safe_dump(d, sort_keys=False))
+    return files
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    """One benchmark run at imgsz 64, --epochs 1, few latency runs; returns (rows from the CSV, out dir, cfgs, data)."""
+    tmp = tmp_path_factory.mktemp("bench")
+    data = _write_dataset(tmp / "data")
+    cfgs = _write_yamls(tmp)
+    out = tmp / "results"
+    benchmarks.run(data=str(data), imgsz=64, cfgs=[str(c) for c in cfgs], epochs=1, batch_size=4, seed=0,
+                   workers=0, threads=1, runs=3, warmup=1, calib_images=4, out=out, name="bench",
+                   project=tmp / "runs", command="python bench")
+    with open(out / "bench.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return rows, out, cfgs, data
+
+
+def test_csv_every_cell_filled_or_explained(bench_run):
+    rows, _, cfgs, _ = bench_run
+    assert [r["model"] for r in rows] == [c.stem for c in cfgs]
+    assert list(rows[0]) == benchmarks.COLUMNS
+    for r in rows:
+        for col, v in r.items():
+            assert v != "", f"{r['model']}: empty '{col}'"
+            if v == benchmarks.NA:  # every n/a names its column in the reasons
+                assert any(col in part.split(":")[0].split("+") for part in r["skipped"].split("; ")), (r["model"], col)
+
+
+def test_tiny_models_measured(bench_run):
+    rows, _, cfgs, _ = bench_run
+    for r, cfg in zip(rows[:2], cfgs[:2]):
+        torch.manual_seed(0)
+        model = Model(cfg, nc=len(NAMES), verbose=False)
+        assert int(r["params"]) == sum(p.numel() for p in model.parameters())
+        assert float(r["gflops"]) == pytest.approx(model_flops(model, 64), rel=1e-4)
+        for col in ("torch_ms", "torch_mem_mb", "train_s"):
+            assert float(r[col]) > 0, (r["model"], col, r["skipped"])
+        assert 0 <= float(r["map50_95"]) <= float(r["map50"]) <= 1
+        assert (r["epochs"], r["imgsz"], r["threads"], r["runs"]) == ("1", "64", "1", "3")
+        assert (r["cpu"], int(r["cores"]), r["torch_version"]) == (benchmarks.cpu_model(), os.cpu_count(),
+                                                                   torch.__version__)
+        if importlib.util.find_spec("export") is not None:  # ONNX backends are measured once export.py exists
+            for col in ("ort_fp32_ms", "ort_fp32_mem_mb", "onnx_fp32_mb"):
+                assert float(r[col]) > 0, (r["model"], col, r["skipped"])
+    assert rows[0]["params"] != rows[1]["params"]  # two different models, not one measured twice
+
+
+def test_broken_yaml_skipped_with_reason(bench_run):
+    rows, *_ = bench_run
+    r = rows[2]
+    assert r["params"] == r["torch_ms"] == r["map50_95"] == benchmarks.NA
+    assert "NoSuchBlock" in r["skipped"] and "does not build" in r["skipped"]
+    assert r["cpu"] == benchmarks.cpu_model()  # the machine is recorded for failed rows too
+
+
+def test_png_and_markdown_written(bench_run):
+    rows, out, *_ = bench_run
+    png = out / "bench.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    im = cv2.imread(str(png))
+    assert im is not None and im.shape[0] > 300 and im.shape[1] > 300
+    md = (out / "bench.md").read_text()
+    assert "| tiny_v5 |" in md and "| tiny_ghost |" in md and "python bench" in md and "bench.png" in md
+    assert "tiny_broken: " in md  # the skip reason is listed under the table
+
+
+def test_pareto_front():
+    # (latency, mAP): 0 fastest; 4 ties 0 on mAP but is slower; 1 slower and worse than 2; 3 slowest and best
+    x = [10.0, 20.0, 15.0, 30.0, 12.0]
+    y = [0.30, 0.25, 0.40, 0.50, 0.30]
+    assert benchmarks.pareto_front(x, y) == [0, 2, 3]
+    assert benchmarks.pareto_front([5.0], [0.1]) == [0]
+
+
+def test_chart_front_and_gflops_fallback():
+    rows = [{"model": m, "torch_ms": t, "ort_fp32_ms": o, "map50_95": a, "gflops": g}
+            for m, t, o, a, g in (("a", 9, 10, 0.30, 1.0), ("b", 19, 20, 0.25, 2.0), ("c", 14, 15, 0.40, 3.0))]
+    fig = benchmarks.make_chart(rows, "machine")
+    ax = fig.axes[0]
+    front = [ln for ln in ax.get_lines() if "Pareto" in ln.get_label()]
+    assert len(front) == 1 and list(front[0].get_xdata()) == [10, 15] and list(front[0].get_ydata()) == [0.30, 0.40]
+    assert "ONNX Runtime FP32" in ax.get_xlabel() and ax.get_ylabel() == "mAP50-95"
+    assert sorted(t.get_text() for t in ax.texts) == ["a", "b", "c"]
+
+    rows[1]["ort_fp32_ms"] = benchmarks.NA  # one model without ONNX: all points fall back to PyTorch latency
+    for r in rows:
+        r["map50_95"] = benchmarks.NA
+    ax = benchmarks.make_chart(rows).axes[0]
+    assert "GFLOPs" in ax.get_title() and ax.get_ylabel() == "GFLOPs" and "PyTorch" in ax.get_xlabel()
+    assert not [ln for ln in ax.get_lines() if "Pareto" in ln.get_label()]
+    assert sorted(tuple(p) for p in ax.collections[0].get_offsets()) == [(9, 1.0), (14, 3.0), (19, 2.0)]
+
+
+def test_latency_torch_counts_runs_and_threads():
+    calls = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            calls.append((tuple(x.shape), torch.get_num_threads()))
+            return x
+
+    before = torch.get_num_threads()
+    ms = benchmarks.measure_latency_torch(Probe(), 32, threads=1, runs=5, warmup=2)
+    assert ms >= 0 and len(calls) == 7 and set(calls) == {((1, 3, 32, 32), 1)}
+    assert torch.get_num_threads() == before  # the caller's thread setting is restored
+    with pytest.raises(ValueError, match="runs"):
+        benchmarks.measure_latency_torch(Probe(), 32, runs=0)
+
+
+def test_results_csv_best_fitness_row(tmp_path):
+    f = tmp_path / "results.csv"
+    head = ["epoch", "train/box_loss", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95"]
+    lines = [",".join(f"{h:>20}" for h in head)] + [",".join(f"{v:>20}" for v in r) for r in
+                                                     ((0, 0.1, 0.50, 0.20), (1, 0.1, 0.40, 0.25), (2, 0.1, 0.9, 0.1))]
+    f.write_text("\n".join(lines) + "\n")
+    assert benchmarks._results_csv_metrics(f) == (0.40, 0.25)  # fitness 0.1*mAP50 + 0.9*mAP50-95 picks epoch 1
+
+
+def test_stage_records_failure_and_keeps_going():
+    row = benchmarks.Row(model="m")
+    assert row.stage(("a", "b"), lambda: (1, 2.5)) == (1, 2.5) and (row["a"], row["b"]) == (1, 2.5)
+    assert row.stage(("c",), lambda: 1 / 0) is None and row["c"] == benchmarks.NA
+    row.stage(("d",), lambda: (_ for _ in ()).throw(benchmarks.Skip("no backend; here")))
+    out = benchmarks.finish_row(row, {"cpu": "x"})
+    assert out["skipped"] == "c: ZeroDivisionError: division by zero; d: no backend, here; " + \
+        "+".join(c for c in benchmarks.COLUMNS if c not in ("model", "a", "b", "c", "d", "cpu", "skipped")) + \
+        ": not measured"
