@@ -8,6 +8,12 @@ import os
 import re
 from pathlib import Path
 
+import cv2
+
+# OpenCV's own thread pool competes with torch's on small CPUs (forward passes slowed ~40x on 2 cores after a few
+# cv2.resize calls in the same process); image ops here are per-image and parallelised by dataloader workers instead.
+cv2.setNumThreads(0)
+
 ROOT = Path(__file__).resolve().parents[1]
 LOGGER = logging.getLogger("yolov5lite")
 if not LOGGER.handlers:
