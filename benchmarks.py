@@ -12,8 +12,8 @@ its columns and the reason in the row's 'skipped' column; the run goes on with t
 
 Peak memory method: each backend is loaded and run in a fresh child process (so freed memory of earlier models
 cannot be reused); after the imports the child resets the kernel's RSS high-water mark (/proc/self/clear_refs)
-and reports peak RSS (VmHWM) minus RSS at that point, i.e. weights + activations + runtime buffers of
---warmup batch-1 inferences. Without /proc it falls back to getrusage ru_maxrss minus the RSS after imports.
+and reports peak RSS (VmHWM) minus RSS at that point, i.e. weights + activations + runtime buffers of loading the
+model and running 3 batch-1 inferences. Without /proc it reports the growth of getrusage's ru_maxrss instead.
 
 Outputs: <out>/<name>.csv, <name>.png (latency vs mAP50-95 with the Pareto front; latency vs GFLOPs when
 --epochs 0) and <name>.md (the table, the machine and the command). Training runs and exports go under
@@ -50,7 +50,8 @@ METRIC_COLUMNS = ["model", "params", "gflops", "torch_ms", "ort_fp32_ms", "ort_i
                   "ort_fp32_mem_mb", "ort_int8_mem_mb", "onnx_fp32_mb", "onnx_int8_mb", "map50", "map50_95",
                   "train_s"]
 RECIPE_COLUMNS = ["epochs", "imgsz", "batch_size", "hyp", "seed", "data", "cfg", "threads", "warmup", "runs"]
-MACHINE_COLUMNS = ["cpu", "cores", "torch_version", "onnxruntime_version", "python", "os", "date", "load_avg"]
+MACHINE_COLUMNS = ["cpu", "cpu_isa", "cores", "torch_version", "onnxruntime_version", "python", "os", "date",
+                   "load_avg"]
 COLUMNS = METRIC_COLUMNS + RECIPE_COLUMNS + MACHINE_COLUMNS + ["skipped"]
 TABLE = [  # (column, header, format) of the printed / markdown table
     ("model", "Model", "{}"), ("params", "Params (M)", "{:.2f}"), ("gflops", "GFLOPs", "{:.2f}"),
@@ -117,16 +118,32 @@ class Skip(Exception):
 # ---------------------------------------------------------------------------------------------- machine
 
 
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo ('model name'), else platform.processor()."""
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "asimd", "asimddp")
+
+
+def _cpuinfo() -> dict[str, str]:
+    """First value of each /proc/cpuinfo key ({} where there is none)."""
+    info = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.lower().startswith(("model name", "hardware", "processor\t: arm")):
-                    return line.split(":", 1)[1].strip()
+                k, _, v = line.partition(":")
+                info.setdefault(k.strip().lower(), v.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown"
+    return info
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo ('model name'), else platform.processor()."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_isa() -> str:
+    """The CPU's SIMD extensions that decide FP32/INT8 kernel speed (VNNI, AMX: fast INT8), space-separated."""
+    info = _cpuinfo()
+    flags = set((info.get("flags") or info.get("features") or "").split())
+    return " ".join(f for f in ISA_FLAGS if f in flags) or "unknown"
 
 
 def machine_info() -> dict:
@@ -140,7 +157,7 @@ def machine_info() -> dict:
         load = "/".join(f"{x:.2f}" for x in os.getloadavg())
     except (OSError, AttributeError):
         load = "unknown"
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_version": torch.__version__,
+    return {"cpu": cpu_model(), "cpu_isa": cpu_isa(), "cores": os.cpu_count(), "torch_version": torch.__version__,
             "onnxruntime_version": ort_version, "python": platform.python_version(),
             "os": f"{platform.system()} {platform.release()}",
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "load_avg": load}
@@ -260,12 +277,12 @@ def train_and_eval(cfg: str | Path, data: str | Path, epochs: int, imgsz: int, s
     except ImportError as e:
         raise Skip(f"train.py is not available ({e})") from None
     kw = dict(weights="", cfg=str(cfg), data=str(data), epochs=epochs, imgsz=imgsz, batch_size=batch_size,
-              seed=seed, workers=workers, project=str(project), name=name, exist_ok=True, device="cpu",
+              seed=seed, workers=workers, project=str(project), name=name, exist_ok=False, device="cpu",
               noplots=True)
     if hyp:
         kw["hyp"] = str(hyp)
     t = time.perf_counter()
-    opt = train.run(**kw)
+    opt = train.run(**kw)  # a fresh run folder (name, name2, ...): a rerun never reads an older run's files
     seconds = time.perf_counter() - t
     status = str(getattr(opt, "status", "completed"))
     if status == "interrupted":
@@ -484,8 +501,9 @@ def make_chart(rows: list[dict], title: str = ""):
         if has_map:
             f = pareto_front(list(x), list(y))
             ax.step([x[i] for i in f], [y[i] for i in f], where="post", color="tab:red", lw=1.5, zorder=2,
-                    label="Pareto front (no model is both faster and more accurate)")
-            ax.legend(loc="lower right", fontsize=8)
+                    label="Pareto front (no other model is both faster and more accurate)")
+            ax.legend(loc="best", fontsize=8)
+        ax.margins(x=0.15, y=0.12)  # room for the labels of the outermost points
     else:
         ax.text(0.5, 0.5, "no model has both values", ha="center", va="center", transform=ax.transAxes)
     backend = {"ort_fp32_ms": "ONNX Runtime FP32", "torch_ms": "PyTorch fused"}[xcol]
@@ -520,8 +538,21 @@ def format_table(rows: list[dict]) -> str:
                 v = as_float(v) / 1e6
             cells.append(fmt.format(as_float(v)) if fmt != "{}" and as_float(v) is not None else str(v))
         lines.append("| " + " | ".join(cells) + " |")
-    reasons = [f"- {r['model']}: {r['skipped']}" for r in rows if r.get("skipped")]
-    return "\n".join(lines + (["", "Skipped:"] + reasons if reasons else []))
+    return "\n".join(lines + skip_notes(rows))
+
+
+def skip_notes(rows: list[dict]) -> list[str]:
+    """'Skipped:' lines under the table, one per distinct reason, naming its models ('all models' if every one)."""
+    by_reason: dict[str, list[str]] = {}
+    for r in rows:
+        for part in str(r.get("skipped") or "none").split("; "):
+            if part != "none":
+                by_reason.setdefault(part, []).append(str(r["model"]))
+    if not by_reason:
+        return []
+    names = [str(r["model"]) for r in rows]
+    return ["", "Skipped:"] + [f"- {'all models' if m == names and len(m) > 1 else ', '.join(m)}: {reason}"
+                               for reason, m in by_reason.items()]
 
 
 def write_csv(rows: list[dict], file: str | Path) -> Path:
@@ -595,6 +626,10 @@ def run(data="data/shapes.yaml", imgsz: int = 320, cfgs=("models/yolov5n*.yaml",
     machine = machine_info()
     LOGGER.info(f"benchmarks: {len(cfgs)} models at {imgsz}px on {machine['cpu']} ({machine['cores']} cores, "
                 f"{threads} threads), torch {machine['torch_version']}, onnxruntime {machine['onnxruntime_version']}")
+    load = load_1min(machine)
+    if load is not None and load >= 0.5 * (machine["cores"] or 1):
+        LOGGER.warning(f"WARNING ⚠️ load average {load:.1f} on {machine['cores']} cores: other jobs compete for "
+                       f"the CPU and will inflate the latencies (each row records the load it was measured under)")
     rows = []
     pbar = tqdm(cfgs, desc="benchmarks", unit="model")
     for cfg in pbar:
@@ -613,14 +648,21 @@ def run(data="data/shapes.yaml", imgsz: int = 320, cfgs=("models/yolov5n*.yaml",
     return rows
 
 
+def load_1min(row: dict) -> float | None:
+    """The 1-minute load average recorded in a row's load_avg ('1m/5m/15m')."""
+    return as_float(str(row.get("load_avg", "")).split("/")[0])
+
+
 def markdown_report(rows, table: str, machine: dict, command: str | None, png: str, opt) -> str:
     """The README section: table, chart, machine, recipe and the exact command."""
     recipe = (f"{opt.epochs} epochs from scratch, batch {opt.batch_size}, hyp {opt.hyp or 'train.py default'}, "
               f"seed {opt.seed}" if opt.epochs else "no training (--epochs 0): mAP not measured")
+    loads = [x for x in (load_1min(r) for r in rows) if x is not None]
+    load = f" 1-minute load average after each model: {min(loads):.1f}-{max(loads):.1f}." if loads else ""
     return "\n".join([
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, {opt.threads} threads; torch "
+        f"Machine: {machine['cpu']} ({machine['cpu_isa']}), {machine['cores']} cores, {opt.threads} threads; torch "
         f"{machine['torch_version']}, onnxruntime {machine['onnxruntime_version']}, Python {machine['python']}, "
-        f"{machine['os']}; {machine['date'][:10]}.",
+        f"{machine['os']}; {machine['date'][:10]}.{load}",
         f"Data {Path(str(opt.data)).name}, {opt.imgsz}px; {recipe}. Latency: batch 1, median of {opt.runs} runs "
         f"after {opt.warmup} warm-up runs. Memory: peak RSS over a fresh process's baseline while loading and "
         f"running the model. Params/GFLOPs: the model as built (before fusing).",

@@ -422,3 +422,12 @@ def test_transfer_mobilenet_v2_into_yaml_backbone(tmp_path):
     report = transfer_mobilenet_v2(other, tv.state_dict())
     assert report.matched == 0 and len(report.skipped) == 13  # other widths: nothing is copied into wrong places
     assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+
+
+def test_benchmark_row_and_table():
+    from benchmarks.bench_models import bench_model, markdown_table
+    row = bench_model("yolov5n_MobileNetv2.yaml", imgsz=64, runs=1, warmup=0)
+    assert row["params"] == n_params(Model("yolov5n_MobileNetv2.yaml", verbose=False)) and row["gflops"] > 0
+    table = markdown_table([row], 64, 1, 1)
+    assert f"| `yolov5n_MobileNetv2.yaml` | {row['params']:,} | {row['gflops']:.1f} |" in table
+    assert "python benchmarks/bench_models.py" in table

@@ -62,6 +62,15 @@ def _write_yamls(root: Path) -> list[Path]:
     return files
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and lose a lot when another job holds the other core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):
     """One benchmark run at imgsz 64, --epochs 1, few latency runs; returns (rows from the CSV, out dir, cfgs, data)."""
@@ -154,6 +163,7 @@ def test_chart_front_and_gflops_fallback():
 
 
 def test_latency_torch_counts_runs_and_threads():
+    torch.set_num_threads(2)  # so that the requested 1 thread is a change that must be undone
     calls = []
 
     class Probe(torch.nn.Module):
@@ -164,7 +174,8 @@ def test_latency_torch_counts_runs_and_threads():
     before = torch.get_num_threads()
     ms = benchmarks.measure_latency_torch(Probe(), 32, threads=1, runs=5, warmup=2)
     assert ms >= 0 and len(calls) == 7 and set(calls) == {((1, 3, 32, 32), 1)}
-    assert torch.get_num_threads() == before  # the caller's thread setting is restored
+    assert torch.get_num_threads() == before == 2  # the caller's thread setting is restored
+    torch.set_num_threads(1)
     with pytest.raises(ValueError, match="runs"):
         benchmarks.measure_latency_torch(Probe(), 32, runs=0)
 

@@ -178,6 +178,19 @@ def test_check_dataset_generates_missing_dataset(tmp_path):
     d = check_dataset(f)
     assert len(list(Path(d["train"]).glob("*.jpg"))) == 5 and len(list(Path(d["val"]).glob("*.jpg"))) == 3
     assert len(list((tmp_path / "shapes" / "labels" / "val").glob("*.txt"))) == 3
+    mtime = (tmp_path / "shapes" / ".generator.json").stat().st_mtime_ns
+    check_dataset(f)  # current: not rebuilt
+    assert (tmp_path / "shapes" / ".generator.json").stat().st_mtime_ns == mtime
+    y = yaml.safe_load(f.read_text())
+    y["generate_args"]["n_train"] = 4
+    f.write_text(yaml.safe_dump(y))
+    d = check_dataset(f)  # other arguments: stale, replaced
+    assert len(list(Path(d["train"]).glob("*.jpg"))) == 4
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".shapes")]  # no temporary folders left
+    user = tmp_path / "mine"
+    _rect_dataset(user, n=2)
+    generate_shapes_dataset(user, 5, 3, 64)  # a folder the generator did not write is never replaced
+    assert sorted(p.name for p in (user / "images" / "train").iterdir()) == ["im0.png", "im1.png"]
 
 
 def test_bare_dataset_name_resolves_under_data():

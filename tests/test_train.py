@@ -347,3 +347,19 @@ def test_class_and_image_weights():
     w = train.labels_to_class_weights(labels, 3).numpy()
     np.testing.assert_allclose(w, np.array([0.5, 1, 1]) / 2.5, rtol=1e-6)  # class 1 unseen counts as once
     np.testing.assert_allclose(train.labels_to_image_weights(labels, 3, w), [2 * w[0], w[2], 0.0], rtol=1e-6)
+
+
+def test_evolve_mutation_respects_limits(hyp):
+    keys = [k for k in hyp if k in train.EVOLVE_META]
+    rng = np.random.default_rng(0)
+    children = [train.mutate_hyp(hyp, np.zeros((0, 1)), keys, rng) for _ in range(20)]
+    for c in children:
+        assert any(c[k] != hyp[k] for k in keys)  # something always mutates
+        for k in keys:
+            gain, lo, hi = train.EVOLVE_META[k]
+            assert lo <= c[k] <= hi or (gain == 0 and c[k] == hyp[k])
+        assert c["fliplr"] == hyp["fliplr"] and c["iou_t"] == hyp["iou_t"]  # gain 0: fixed
+    # with a history, the parent is the fitness-weighted mean of the best rows
+    hist = np.array([[0.9] + [hyp[k] * 2 for k in keys], [0.1] + [hyp[k] for k in keys]])
+    c = train.mutate_hyp(hyp, hist, keys, np.random.default_rng(1), sigma=0.0)
+    assert c["lr0"] == pytest.approx(min(hyp["lr0"] * 2, 0.1), rel=0.05)

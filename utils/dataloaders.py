@@ -105,15 +105,13 @@ def _missing_splits(d: dict) -> list[str]:
 
 
 def _generate(d: dict, yaml_name: str) -> None:
-    """Build a missing dataset with its yaml's `generate:` generator (see utils/synthetic.py)."""
-    from utils.synthetic import GENERATORS  # local import: only needed on first use
+    """Build a missing or stale dataset with its yaml's `generate:` generator (see utils/synthetic.py)."""
+    from utils.synthetic import GENERATORS  # local import: the generator is only needed for such yamls
 
     name = d["generate"]
     if name not in GENERATORS:
         raise ValueError(f"{yaml_name}: unknown generator 'generate: {name}' (known: {sorted(GENERATORS)})")
-    args = dict(d.get("generate_args") or {})
-    LOGGER.info(f"Dataset not found, generating '{name}' dataset at {d['path']} ...")
-    GENERATORS[name](d["path"], **args)
+    GENERATORS[name](d["path"], **dict(d.get("generate_args") or {}))
 
 
 def check_dataset(data: str | Path | dict, autogenerate: bool = True) -> dict:
@@ -161,10 +159,9 @@ def check_dataset(data: str | Path | dict, autogenerate: bool = True) -> dict:
         if d.get(k):
             d[k] = _split_paths(d[k], root)
 
+    if autogenerate and d.get("generate"):
+        _generate(d, yaml_name)  # builds a missing or stale dataset; a no-op when it is current
     missing = _missing_splits(d)
-    if missing and autogenerate and d.get("generate"):
-        _generate(d, yaml_name)
-        missing = _missing_splits(d)
     if missing:
         hint = f" (download it from {d['download']})" if isinstance(d.get("download"), str) else ""
         raise FileNotFoundError(f"{yaml_name}: dataset path not found: {missing[0]}{hint}")

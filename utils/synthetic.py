@@ -9,6 +9,7 @@ CLI: python -m utils.synthetic --root datasets/shapes --n-train 1000 --n-val 200
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils.general import LOGGER
+
 CLASSES = ("circle", "square", "triangle", "star", "cross")
+GENERATOR_VERSION = 1  # bump when the output changes: older datasets are regenerated
 BACKGROUND_FRACTION = 0.06  # images with no objects
 MAX_OBJECTS = 6
 SIZE_RANGE = (0.09, 0.36)  # object box side as a fraction of the image side
@@ -145,12 +149,38 @@ def _write_split(root: Path, split: str, n: int, imgsz: int, seed: int, workers:
         list(ex.map(one, range(n)))
 
 
+STAMP = ".generator.json"  # what produced a dataset folder, to tell a current one from a stale one
+
+
+def _is_current(root: Path, stamp: dict) -> bool | None:
+    """True: generated with these settings; False: generated, but stale; None: not a generated dataset."""
+    f = root / STAMP
+    if f.is_file():
+        try:
+            return json.loads(f.read_text()) == stamp
+        except (OSError, ValueError):
+            return False
+    readme = root / "README.txt"
+    if readme.is_file() and readme.read_text(errors="ignore").startswith("Synthetic shapes dataset"):
+        return stamp["version"] == 1  # version 1 wrote no stamp
+    return None
+
+
 def generate_shapes_dataset(root: str | Path = "datasets/shapes", n_train: int = 1000, n_val: int = 200,
                             imgsz: int = 256, seed: int = 0, n_test: int = 0, workers: int | None = None) -> Path:
-    """Write the shapes dataset under root (atomically: built beside it, then renamed) and return root."""
+    """Write the shapes dataset under root and return root; up to date already: nothing to do.
+
+    Built beside root and renamed into place, so readers never see half a dataset; a folder from another
+    generator version or other arguments is replaced, a folder this generator did not write is left alone.
+    """
     root = Path(root).resolve()
-    if (root / "images").is_dir():
+    stamp = {"generator": "shapes", "version": GENERATOR_VERSION, "n_train": n_train, "n_val": n_val,
+             "n_test": n_test, "imgsz": imgsz, "seed": seed}
+    current = _is_current(root, stamp) if root.exists() else None
+    if current or (current is None and (root / "images").is_dir()):
         return root
+    LOGGER.info(f"{'Regenerating stale' if current is False else 'Generating'} shapes dataset at {root} "
+                f"({n_train} train, {n_val} val images at {imgsz} px) ...")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -161,10 +191,20 @@ def generate_shapes_dataset(root: str | Path = "datasets/shapes", n_train: int =
     (tmp / "README.txt").write_text(
         f"Synthetic shapes dataset from utils/synthetic.py: classes {list(CLASSES)}, imgsz {imgsz}, seed {seed}, "
         f"{n_train} train / {n_val} val / {n_test} test images. Safe to delete; regenerated on first use.\n")
+    (tmp / STAMP).write_text(json.dumps(stamp))
+    old = None
+    if current is False:  # stale: move it aside first (a directory cannot be renamed over a full one)
+        old = root.parent / f".{root.name}.old{os.getpid()}"
+        try:
+            os.replace(root, old)
+        except OSError:
+            old = None
     try:
-        os.replace(tmp, root)  # another process may have finished first; its copy is identical
-    except OSError:
+        os.replace(tmp, root)
+    except OSError:  # another process finished first; its copy is identical
         shutil.rmtree(tmp, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return root
 
 

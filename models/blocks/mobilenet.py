@@ -22,7 +22,7 @@ class DWSConv(nn.Module):
     """Depthwise-separable conv (MobileNetV1, Howard et al., 2017): kxk depthwise then 1x1 pointwise."""
     yaml_args = "channels"
 
-    def __init__(self, c1: int, c2: int, k: int = 3, s: int = 1, act=True):
+    def __init__(self, c1: int, c2: int, k: int = 3, s: int = 1, act: nn.Module | bool = True):
         super().__init__()
         self.dw = DWConv(c1, c1, k, s, act=act)
         self.pw = Conv(c1, c2, 1, 1, act=act)

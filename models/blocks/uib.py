@@ -28,7 +28,7 @@ class UIB(nn.Module):
     yaml_args = "channels"
 
     def __init__(self, c1: int, c2: int, k_start: int = 3, k_mid: int = 3, s: int = 1, e: float = 4.0,
-                 shortcut: bool = True, act=True):
+                 shortcut: bool = True, act: nn.Module | bool = True):
         super().__init__()
         if s not in (1, 2):
             raise ValueError(f"UIB stride must be 1 or 2, got {s}")
