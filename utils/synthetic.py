@@ -4,7 +4,7 @@ It is the project's default dataset, generated locally in seconds so training an
 Each image is drawn from its own seeded generator, so the output depends only on (seed, split, index) and
 generation can run in parallel. Layout is YOLO's: root/images/{train,val}/*.jpg and root/labels/{train,val}/*.txt.
 
-CLI: python -m utils.synthetic --root datasets/shapes --n-train 1000 --n-val 200 --imgsz 256 --seed 0
+CLI: python -m utils.synthetic --root datasets/shapes_v2 --n-train 1000 --n-val 200 --imgsz 256 --seed 0
 """
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ import numpy as np
 from utils.general import LOGGER
 
 CLASSES = ("circle", "square", "triangle", "star", "cross")
-GENERATOR_VERSION = 1  # bump when the output changes: older datasets are regenerated
-BACKGROUND_FRACTION = 0.06  # images with no objects
-MAX_OBJECTS = 6
-SIZE_RANGE = (0.09, 0.36)  # object box side as a fraction of the image side
+GENERATOR_VERSION = 2  # bump when the output changes: older datasets are regenerated
+BACKGROUND_FRACTION = 0.05  # images with no objects
+MAX_OBJECTS = 5
+SIZE_RANGE = (0.12, 0.38)  # object box side as a fraction of the image side
 SPLIT_SEEDS = {"train": 0, "val": 1_000_003, "test": 2_000_029}
 
 
@@ -61,7 +61,7 @@ def _background(rng: np.random.Generator, s: int) -> np.ndarray:
     elif kind == 1:  # low-frequency colour noise
         k = int(rng.integers(3, 9))
         base = rng.uniform(40, 215, 3)
-        im = base + rng.uniform(0.3, 0.8) * cv2.resize(rng.uniform(-128, 128, (k, k, 3)), (s, s),
+        im = base + rng.uniform(0.2, 0.5) * cv2.resize(rng.uniform(-128, 128, (k, k, 3)), (s, s),
                                                        interpolation=cv2.INTER_CUBIC)
     else:  # stripes / checker texture
         c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
@@ -69,12 +69,12 @@ def _background(rng: np.random.Generator, s: int) -> np.ndarray:
         ang = rng.uniform(0, np.pi)
         yy, xx = np.mgrid[0:s, 0:s]
         t = 0.5 + 0.5 * np.sin((np.cos(ang) * xx + np.sin(ang) * yy) * 2 * np.pi / period)
-        im = c0 + t[..., None] * (c1 - c0) * rng.uniform(0.2, 0.6)
+        im = c0 + t[..., None] * (c1 - c0) * rng.uniform(0.15, 0.4)
     im = np.clip(im, 0, 255).astype(np.uint8)
-    for _ in range(int(rng.integers(0, 4))):  # distractor curves that belong to no class
+    for _ in range(int(rng.integers(0, 3))):  # distractor curves that belong to no class
         pts = np.cumsum(rng.normal(0, s / 10, (int(rng.integers(3, 8)), 2)), 0) + rng.uniform(0, s, 2)
         color = tuple(int(c) for c in rng.uniform(0, 255, 3))
-        cv2.polylines(im, [pts.astype(np.int32)], False, color, int(rng.integers(1, 4)), cv2.LINE_AA)
+        cv2.polylines(im, [pts.astype(np.int32)], False, color, int(rng.integers(1, 3)), cv2.LINE_AA)
     return im
 
 
@@ -107,14 +107,14 @@ def render_image(seed: int, s: int = 256) -> tuple[np.ndarray, np.ndarray]:
             full = np.concatenate((pts.min(0), pts.max(0)))
             box = np.clip(full, 0, s)
             area = np.prod(box[2:] - box[:2])
-            if area < 0.6 * np.prod(full[2:] - full[:2]) or (box[2:] - box[:2]).min() < 6:
+            if area < 0.75 * np.prod(full[2:] - full[:2]) or (box[2:] - box[:2]).min() < 8:
                 continue  # mostly outside the image
             if len(boxes) and _ioa(box, boxes).max() > 0.35:
                 continue  # would hide too much of an earlier object
             region = im[int(box[1]):int(box[3]) + 1, int(box[0]):int(box[2]) + 1].reshape(-1, 3).mean(0)
             for _c in range(10):  # colour far enough from the local background to be visible
                 color = rng.uniform(0, 255, 3)
-                if np.linalg.norm(color - region) > 90:
+                if np.linalg.norm(color - region) > 110:
                     break
             cv2.fillPoly(im, [np.round(pts * 16).astype(np.int32)], tuple(float(c) for c in color),
                          cv2.LINE_AA, shift=4)
@@ -124,7 +124,7 @@ def render_image(seed: int, s: int = 256) -> tuple[np.ndarray, np.ndarray]:
             boxes = np.concatenate((boxes, box[None]), 0)
             classes.append(cls)
             break
-    noise = rng.normal(0, rng.uniform(2, 12), im.shape)
+    noise = rng.normal(0, rng.uniform(2, 8), im.shape)
     im = np.clip(im.astype(np.float32) + noise, 0, 255).astype(np.uint8)
     if rng.random() < 0.25:
         im = cv2.GaussianBlur(im, (3, 3), 0)
@@ -166,7 +166,7 @@ def _is_current(root: Path, stamp: dict) -> bool | None:
     return None
 
 
-def generate_shapes_dataset(root: str | Path = "datasets/shapes", n_train: int = 1000, n_val: int = 200,
+def generate_shapes_dataset(root: str | Path = "datasets/shapes_v2", n_train: int = 1000, n_val: int = 200,
                             imgsz: int = 256, seed: int = 0, n_test: int = 0, workers: int | None = None) -> Path:
     """Write the shapes dataset under root and return root; up to date already: nothing to do.
 
@@ -213,7 +213,7 @@ GENERATORS = {"shapes": generate_shapes_dataset}
 
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description="Generate the synthetic shapes detection dataset.")
-    p.add_argument("--root", default="datasets/shapes")
+    p.add_argument("--root", default="datasets/shapes_v2")
     p.add_argument("--n-train", type=int, default=1000)
     p.add_argument("--n-val", type=int, default=200)
     p.add_argument("--n-test", type=int, default=0)
