@@ -28,23 +28,36 @@ DEFAULT_OUT = ROOT / "benchmarks" / "results" / "models.md"
 COMMAND = "python benchmarks/bench_models.py"
 
 
-def bench_model(cfg: str, imgsz: int = 320, runs: int = 10, warmup: int = 3) -> dict:
-    """Build cfg, count parameters and GFLOPs (thop, at 640) unfused, then time the fused model on CPU."""
+def prepare(cfg: str) -> tuple[dict, torch.nn.Module]:
+    """Build cfg, count parameters and GFLOPs (thop, at 640) on the unfused model, return it fused in eval mode."""
     torch.manual_seed(0)
     model = Model(cfg, verbose=False)
-    params = sum(p.numel() for p in model.parameters())
-    gflops = model_flops(model, 640)
-    model.fuse(verbose=False).eval()
+    row = {"model": Path(cfg).name, "params": sum(p.numel() for p in model.parameters()),
+           "gflops": model_flops(model, 640)}
+    return row, model.fuse(verbose=False).eval()
+
+
+def time_models(models: list[torch.nn.Module], imgsz: int = 320, runs: int = 10, warmup: int = 2) -> list[list[float]]:
+    """Per-model forward times (ms, batch 1). Models take turns run by run, so a burst of load from other processes
+    hits every model alike instead of whichever happened to be running."""
     x = torch.rand(1, 3, imgsz, imgsz)
-    times = []
+    times: list[list[float]] = [[] for _ in models]
     with torch.inference_mode():
-        for _ in range(warmup):
-            model(x)
-        for _ in range(runs):
-            t = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - t) * 1000)
-    return {"model": Path(cfg).name, "params": params, "gflops": gflops, "latency_ms": statistics.median(times)}
+        for r in range(warmup + runs):
+            for m, t in zip(models, times):
+                t0 = time.perf_counter()
+                m(x)
+                if r >= warmup:
+                    t.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def bench_models(cfgs: list[str], imgsz: int = 320, runs: int = 10, warmup: int = 2) -> list[dict]:
+    """Rows with params, GFLOPs and the best and median fused CPU latency of each yaml."""
+    from tqdm import tqdm
+    prepared = [prepare(c) for c in tqdm(cfgs, desc="building")]
+    times = time_models([m for _, m in prepared], imgsz, runs, warmup)
+    return [{**row, "latency_ms": min(t), "median_ms": statistics.median(t)} for (row, _), t in zip(prepared, times)]
 
 
 def cpu_name() -> str:
@@ -60,16 +73,16 @@ def cpu_name() -> str:
 def markdown_table(rows: list[dict], imgsz: int, runs: int, threads: int, command: str = COMMAND,
                    load: float | None = None) -> str:
     """The README section: one row per yaml, plus how and where it was measured."""
-    lines = [f"| model yaml | parameters | GFLOPs (640) | CPU latency fused, {imgsz}x{imgsz}, batch 1 (ms) |",
-             "| --- | ---: | ---: | ---: |"]
+    lines = [f"| model yaml | parameters | GFLOPs (640) | CPU ms, fused, {imgsz}x{imgsz}, batch 1: best | median |",
+             "| --- | ---: | ---: | ---: | ---: |"]
     for r in rows:
         g = f"{r['gflops']:.1f}" if r["gflops"] is not None else "n/a"
-        lines.append(f"| `{r['model']}` | {r['params']:,} | {g} | {r['latency_ms']:.1f} |")
+        lines.append(f"| `{r['model']}` | {r['params']:,} | {g} | {r['latency_ms']:.1f} | {r['median_ms']:.1f} |")
     meta = (f"\nMeasured {datetime.date.today().isoformat()} on {cpu_name()}, torch {torch.__version__}, "
-            f"{threads} CPU thread(s), median of {runs} runs after warm-up; nc=80; GFLOPs counted with thop on the "
+            f"{threads} CPU thread(s), best and median of {runs} runs after warm-up, models timed in turns; nc=80; GFLOPs counted with thop on the "
             f"unfused model as YOLOv5 does."
-            + (f" The 1-minute load average was {load:.1f} when the run started: on a busy machine latencies are "
-               f"inflated and vary between runs, compare them within one table only." if load is not None else "")
+            + (f" The 1-minute load average was {load:.1f} when the run started: other processes inflate latencies "
+               f"(the best-of-N column least), so compare models within one table only." if load is not None else "")
             + "\n\n"
             f"Regenerate with:\n\n```bash\n{command}\n```\n")
     return "\n".join(lines) + "\n" + meta
@@ -86,11 +99,10 @@ def parse_opt(argv=None):
 
 
 def main(opt) -> str:
-    from tqdm import tqdm
     torch.set_num_threads(opt.threads)
     cfgs = opt.cfg or sorted(p.name for p in (ROOT / "models").glob("*.yaml"))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    rows = [bench_model(c, opt.imgsz, opt.runs) for c in tqdm(cfgs, desc="benchmarking")]
+    rows = bench_models(cfgs, opt.imgsz, opt.runs)
     text = markdown_table(rows, opt.imgsz, opt.runs, opt.threads, load=load)
     opt.out.parent.mkdir(parents=True, exist_ok=True)
     opt.out.write_text(text)

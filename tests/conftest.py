@@ -10,7 +10,9 @@ if str(ROOT) not in sys.path:
 SHARED = ROOT.parent / "shared"
 REFERENCE = SHARED / "reference" / "yolov5n_reference.pt"
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# One thread: with two, OpenMP threads wait on each other whenever anything else runs on a 2-core machine
+# (tests ran ~10x slower under load); the suite's tensors are tiny, so a second thread buys little.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
