@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -174,7 +175,8 @@ class NMSModel(nn.Module):
         conf, cls = (y[..., 5:] * y[..., 4:5]).max(2, keepdim=True)
         cls = cls.to(y.dtype)
         shifted = boxes if self.agnostic else boxes + cls * MAX_WH
-        scores = conf.transpose(1, 2).contiguous()  # (N, 1, A): one score channel, so per-image max_det
+        scores = conf.transpose(1, 2).contiguous().float()  # (N, 1, A): one channel, so per-image max_det
+        shifted = shifted.float()  # ONNX NonMaxSuppression takes float32 (a --half graph casts here)
         if self.onnx:
             sel = _OnnxNMS.apply(shifted, scores, self.max_det, self.iou_thres, self.conf_thres)
         else:
@@ -372,16 +374,24 @@ def calibration_files(data, n: int, split: str = "train", seed: int = 0) -> list
     return [files[i] for i in idx]
 
 
-def head_nodes(onnx_file: str | Path, head_index: int) -> list[str]:
-    """Names of the nodes traced from the Detect layer (and everything after it, e.g. NMS): kept in float."""
-    import onnx
-    proto = onnx.load(str(onnx_file), load_external_data=False)
+def head_nodes(proto, head_index: int) -> list[str]:
+    """Names of the nodes traced from the Detect layer and of everything downstream of them (decode, NMS):
+    these stay float."""
     scope = f"/model.{head_index}/"
-    nodes = proto.graph.node
-    first = next((i for i, n in enumerate(nodes) if scope in n.name), None)
-    if first is None:
-        return []
-    return [n.name for n in nodes[first:] if n.name]
+    nodes = list(proto.graph.node)
+    consumers: dict[str, list] = {}
+    for n in nodes:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    todo = [n for n in nodes if scope in n.name]
+    seen = {id(n) for n in todo}
+    while todo:
+        for out in todo.pop().output:
+            for c in consumers.get(out, []):
+                if id(c) not in seen:
+                    seen.add(id(c))
+                    todo.append(c)
+    return [n.name for n in nodes if id(n) in seen and n.name]
 
 
 def quantize_int8(fp32_file: str | Path, int8_file: str | Path, data, imgsz, head_index: int,
@@ -407,15 +417,24 @@ def quantize_int8(fp32_file: str | Path, int8_file: str | Path, data, imgsz, hea
                     return {"images": x}
             return None
 
-    exclude = head_nodes(fp32_file, head_index)
+    import onnx
     int8_file = Path(int8_file)
-    tmp = _atomic_path(int8_file)
+    tmp, pre = _atomic_path(int8_file), _atomic_path(int8_file.with_name(int8_file.stem + "_pre.onnx"))
     try:
-        quantize_static(str(fp32_file), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
-        import onnx
+        try:  # shape inference + constant folding: the quantiser then sees every conv bias as an initializer
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+            with _quiet_logs():
+                quant_pre_process(str(fp32_file), str(pre))
+            src = pre
+        except Exception as e:  # pre-processing only helps; quantise the graph as exported if it fails
+            LOGGER.warning(f"WARNING ⚠️ INT8 pre-processing skipped ({type(e).__name__}: {e})")
+            src = Path(fp32_file)
+        exclude = head_nodes(onnx.load(str(src), load_external_data=False), head_index)
+        with _quiet_logs():
+            quantize_static(str(src), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
+                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
         proto = onnx.load(str(tmp))
         meta = {p.key: p.value for p in onnx.load(str(fp32_file), load_external_data=False).metadata_props}
         meta.update(int8=json.dumps(True), calib_images=str(len(files)))
@@ -427,7 +446,20 @@ def quantize_int8(fp32_file: str | Path, int8_file: str | Path, data, imgsz, hea
         os.replace(tmp, int8_file)
     finally:
         tmp.unlink(missing_ok=True)
+        pre.unlink(missing_ok=True)
     return int8_file
+
+
+@contextlib.contextmanager
+def _quiet_logs():
+    """onnxruntime.quantization logs advice through the root logger; keep the export output readable."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def compare_int8(fp32_file: Path, int8_file: Path, data, imgsz: int, workers: int = 2) -> dict:
@@ -549,10 +581,12 @@ def run(weights=ROOT / "yolov5s.pt", imgsz=(640, 640), batch_size: int = 1, devi
                                "with a square --imgsz or --dynamic to run it")
             else:
                 compare_int8(fp32, q, data, imgsz[0])
+    f = next((x for x in written if x.endswith(".onnx")), written[0] if written else "")
+    size = "" if dynamic else f" --imgsz {imgsz[0]}" if imgsz[0] == imgsz[1] else f" --imgsz {imgsz[0]} {imgsz[1]}"
     LOGGER.info(f"\nExport complete ({time.time() - t0:.1f}s)\nResults saved to {colorstr('bold', str(stem.parent))}"
-                f"\nDetect:          python detect.py --weights {written[-1] if written else ''}"
-                f"\nValidate:        python val.py --weights {written[-1] if written else ''}"
-                f"{' --imgsz ' + str(imgsz[0]) if not dynamic else ''}")
+                f"\nDetect:          python detect.py --weights {f}{size}"
+                f"\nValidate:        python val.py --weights {f} --data {data or 'data.yaml'}"
+                f"{' --imgsz ' + str(imgsz[0]) if size else ''}")
     return written
 
 

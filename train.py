@@ -236,6 +236,36 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Hold Ctrl-C/kill until the block ends (a checkpoint write), then raise it: no half-written save path."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if caught:
+        raise KeyboardInterrupt(f"signal {caught[0]}")
+
+
+def set_cpu_threads(device: torch.device, workers: int) -> None:
+    """On CPU, leave one core per dataloader worker (only ever lowering the count): OpenMP threads that share cores
+    with workers or other DDP processes spin at barriers, measured 10x slower on 2 cores. OMP_NUM_THREADS wins."""
+    if device.type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
+        return
+    n = min(max(1, (os.cpu_count() or 1) // max(WORLD_SIZE, 1) - workers), torch.get_num_threads())
+    if n != torch.get_num_threads():
+        LOGGER.info(f"Using {n} torch CPU thread{'s' * (n > 1)} beside {workers} dataloader worker"
+                    f"{'s' * (workers != 1)} (set OMP_NUM_THREADS to override)")
+        torch.set_num_threads(n)
+
+
 def _any_rank(flag: bool, device: torch.device) -> bool:
     """True if flag is set on any DDP rank (every rank must leave the loop together or collectives hang)."""
     if RANK == -1:
@@ -287,6 +317,9 @@ def train(hyp, opt, device: torch.device, callbacks: Callbacks | None = None):
                                     f"--weights '' with --cfg to train from scratch)")
         info = load_checkpoint(weights)
         ckpt = info["ckpt"]
+        if resume and info["source"] != "native":
+            raise ValueError(f"{weights} is a YOLOv5 checkpoint: only runs of this train.py can be resumed; "
+                             f"fine-tune from it with --weights {weights} instead")
         model = Model(cfg or info["yaml"], ch=3, nc=nc, anchors=hyp.get("anchors"), verbose=main_rank).to(device)
         if resume:
             model.load_state_dict(ckpt["model"], strict=True)
@@ -348,11 +381,12 @@ def train(hyp, opt, device: torch.device, callbacks: Callbacks | None = None):
 
     train_loader, dataset = create_dataloader(train_path, imgsz, batch_size // WORLD_SIZE, gs, single_cls, hyp=hyp,
                                               augment=True, cache=None if opt.cache == "val" else opt.cache,
-                                              rect=opt.rect, rank=LOCAL_RANK, workers=workers,
+                                              rect=opt.rect, rank=RANK, workers=workers,
                                               image_weights=opt.image_weights, quad=opt.quad,
                                               prefix=colorstr("train: "), shuffle=True, seed=opt.seed, nc=nc)
     labels = np.concatenate(dataset.labels, 0) if len(dataset.labels) else np.zeros((0, 5))
     nb = len(train_loader)
+    set_cpu_threads(device, train_loader.num_workers)
     val_loader = None
     if main_rank:
         val_loader = create_dataloader(val_path, imgsz, batch_size // WORLD_SIZE * 2, gs, single_cls, hyp=hyp,
@@ -501,13 +535,14 @@ def train(hyp, opt, device: torch.device, callbacks: Callbacks | None = None):
                         ckpt = make_checkpoint(model, ema, optimizer, epoch, best_fitness, opt,
                                                extra={"best_epoch": stopper.best_epoch, "last_opt_step": last_opt_step,
                                                       "rng": rng_state(train_loader)})
-                        save_checkpoint(ckpt, last)
-                        if best_fitness == fi:
-                            save_checkpoint(ckpt, best)
-                        if opt.save_period > 0 and epoch % opt.save_period == 0:
-                            save_checkpoint(ckpt, w / f"epoch{epoch}.pt")
+                        with deferred_interrupts():
+                            save_checkpoint(ckpt, last)
+                            saved_epoch = epoch
+                            if best_fitness == fi:
+                                save_checkpoint(ckpt, best)
+                            if opt.save_period > 0 and epoch % opt.save_period == 0:
+                                save_checkpoint(ckpt, w / f"epoch{epoch}.pt")
                         del ckpt
-                        saved_epoch = epoch
                         callbacks.run("on_model_save", last, epoch, final_epoch, best_fitness, fi)
                 if RANK != -1:  # every rank must stop together
                     flag = [stop]
@@ -547,10 +582,10 @@ def train(hyp, opt, device: torch.device, callbacks: Callbacks | None = None):
                                              dataloader=val_loader, save_dir=save_dir, verbose=nc < 50, plots=plots,
                                              callbacks=callbacks, compute_loss=compute_loss)
             callbacks.run("on_train_end", last, best, epoch, results)
-            if plots and (save_dir / "results.csv").exists():
-                from utils.plots import plot_results
-                plot_results(save_dir / "results.csv")
             LOGGER.info(f"Results saved to {colorstr('bold', str(save_dir))}")
+        if plots and (save_dir / "results.csv").exists():  # also after an interruption: the epochs so far
+            from utils.plots import plot_results
+            plot_results(save_dir / "results.csv")
     callbacks.run("teardown")
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -583,9 +618,11 @@ def mutate_hyp(hyp: dict, history: np.ndarray, keys: list[str], rng: np.random.G
         h.update({k: float(v) for k, v in zip(keys, parent)})
     gains = np.array([EVOLVE_META.get(k, (0, 0, 0))[0] for k in keys], dtype=np.float64)
     v = np.ones(len(keys))
-    while (v == 1).all() and gains.any():  # retry until something mutates
+    for _ in range(100):  # retry until something mutates
         v = (gains * (rng.random(len(keys)) < mp) * rng.standard_normal(len(keys)) * rng.random() * sigma + 1)
         v = v.clip(0.3, 3.0)
+        if (v != 1).any() or not sigma:
+            break
     for k, x in zip(keys, v):
         lo, hi = EVOLVE_META.get(k, (0, -np.inf, np.inf))[1:]
         h[k] = float(np.clip(h[k] * x, lo, hi))
@@ -662,7 +699,7 @@ def parse_opt(known: bool = False, argv: list[str] | None = None) -> argparse.Na
     p.add_argument("--save-period", type=int, default=-1, help="Save checkpoint every x epochs (disabled if < 1)")
     p.add_argument("--seed", type=int, default=0, help="Global training seed")
     p.add_argument("--nbs", type=int, default=64, help="nominal batch size: gradients accumulate up to it")
-    p.add_argument("--local_rank", type=int, default=-1, help="Automatic DDP Multi-GPU argument, do not modify")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="DDP argument of torch.distributed.launch; unused")
     return p.parse_known_args(argv)[0] if known else p.parse_args(argv)
 
 
@@ -752,6 +789,7 @@ def main(opt: argparse.Namespace, callbacks: Callbacks | None = None) -> argpars
         dist.broadcast_object_list(shared, 0)
         opt.save_dir = shared[0]
 
+    threads = torch.get_num_threads()
     try:
         if opt.evolve:
             evolve(opt, device, callbacks)
@@ -759,6 +797,7 @@ def main(opt: argparse.Namespace, callbacks: Callbacks | None = None) -> argpars
         else:
             opt.results = train(opt.hyp, opt, device, callbacks)
     finally:
+        torch.set_num_threads(threads)  # train() sizes threads to its dataloader; callers get theirs back
         if LOCAL_RANK != -1 and dist.is_initialized():
             dist.destroy_process_group()
     return opt

@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--batches", type=int, default=20, help="timed loader batches per worker count")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    p.add_argument("--out", default="", help="also write the table as markdown to this file")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -107,6 +108,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"training step      {cfg:<28} imgsz {a.imgsz} batch {a.batch_size}: {tput:7.1f} images/s; "
               f"loader/step = {ratio:.1f}x {'(OK: loader not the bottleneck)' if ratio >= 2 else '(loader too slow)'}")
     print(f"torch threads {torch.get_num_threads()}")
+    if a.out:
+        cols = [f"loader w{w} img/s" for w in loader]
+        lines = [f"`python benchmarks/bench_train.py {' '.join(argv if argv is not None else sys.argv[1:])}` "
+                 f"(imgsz {a.imgsz}, batch {a.batch_size}, torch threads {torch.get_num_threads()})", "",
+                 "| model | train step img/s | " + " | ".join(cols) + " | loader / step |",
+                 "|---|---:|" + "---:|" * len(cols) + "---:|"]
+        for r in rows:
+            lines.append(f"| {r['cfg']} | {r['train_ips']:.1f} | " +
+                         " | ".join(f"{r[f'loader_w{w}']:.1f}" for w in loader) + f" | {r['ratio']:.1f}x |")
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text("\n".join(lines) + "\n")
     return rows
 
 

@@ -6,8 +6,10 @@ import contextlib
 import io
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -126,14 +128,13 @@ def test_tiny_run_lightweight_yaml_outputs(data, tmp_path):
 
 
 def test_loss_falls(data, hyp, tmp_path):
-    """Eight fixed images (no augmentation), one optimiser step per epoch: the training loss must fall."""
-    h = {**hyp, **NO_AUG, "warmup_epochs": 0.0, "lr0": 0.002}
+    """Eight fixed images (no augmentation) in one batch, one Adam step per epoch: the training loss falls below
+    its first value at once and ends at least 8% lower."""
+    h = {**hyp, **NO_AUG, "warmup_epochs": 0.0, "lr0": 0.001}
     opt = train.run(data=data, cfg="yolov5n.yaml", hyp=h, epochs=8, optimizer="Adam", nbs=8, noval=True,
                     noplots=True, noautoanchor=True, project=str(tmp_path), **{**BASE, "batch_size": 8})
-    r = read_results(opt.save_dir)
-    total = r[:, 1:4].sum(1)
-    assert total[-1] < 0.95 * total[0], total
-    assert (np.diff(r[:, 1]) < 0).all(), r[:, 1]  # box loss falls every epoch
+    total = read_results(opt.save_dir)[:, 1:4].sum(1)  # box + obj + cls per epoch
+    assert (total[1:] < total[0]).all() and total[-1] < 0.92 * total[0], total
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -236,6 +237,26 @@ def test_corrupt_inputs_are_skipped_with_named_warnings(data, tmp_path):
     assert opt.status == train.COMPLETED
     assert "broken.jpg" in text and "train_00001.txt" in text and "train_00002.txt" in text
     assert "6 images" in text  # 9 files, 3 skipped
+
+
+def test_kill_mid_run_keeps_last_completed_epoch(data, tmp_path):
+    """`kill` (SIGTERM) during training: exit code 130, a resume hint, and a resumable last.pt."""
+    (tmp_path / "data.yaml").write_text(yaml.safe_dump(data))
+    cmd = [sys.executable, str(ROOT / "train.py"), "--data", str(tmp_path / "data.yaml"), "--cfg", "yolov5n.yaml",
+           "--imgsz", "64", "--epochs", "200", "--batch-size", "4", "--workers", "0", "--noplots", "--noval",
+           "--noautoanchor", "--project", str(tmp_path / "runs"), "--name", "kill"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
+    last = tmp_path / "runs/kill/weights/last.pt"
+    deadline = time.time() + 180
+    while not last.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 130, out[-3000:]
+    assert "Training interrupted during epoch" in out and f"--resume {last}" in out, out[-2000:]
+    ck = torch.load(last, map_location="cpu", weights_only=True)
+    assert ck["epoch"] >= 0 and ck["optimizer"] is not None
 
 
 # ---------------------------------------------------------------------------------------------------------------
