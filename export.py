@@ -395,10 +395,11 @@ def head_nodes(proto, head_index: int) -> list[str]:
 
 
 def quantize_int8(fp32_file: str | Path, int8_file: str | Path, data, imgsz, head_index: int,
-                  n_images: int = DEFAULT_CALIB_IMAGES, per_channel: bool = True) -> Path:
+                  n_images: int = DEFAULT_CALIB_IMAGES, per_channel: bool = True, head_convs: bool = False) -> Path:
     """Post-training static INT8 (QDQ, per-channel weights) with ONNX Runtime, calibrated on n letterboxed train
-    images. The Detect layer (its 1x1 convs and the box decoding) stays float: quantising the decode's pixel
-    arithmetic costs mAP and hardly any time (Jacob et al., 2018 integer-only inference; ORT QDQ format)."""
+    images (Jacob et al., 2018; ORT QDQ format). The Detect layer (its 1x1 convs and the box decoding) stays
+    float: quantising the decode's pixel arithmetic costs mAP and saves hardly any time. head_convs=True also
+    quantises the 1x1 convs (worth it at large nc; their logits then reach the float decode as int8)."""
     require_onnx(runtime=True)
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -430,6 +431,8 @@ def quantize_int8(fp32_file: str | Path, int8_file: str | Path, data, imgsz, hea
             LOGGER.warning(f"WARNING ⚠️ INT8 pre-processing skipped ({type(e).__name__}: {e})")
             src = Path(fp32_file)
         exclude = head_nodes(onnx.load(str(src), load_external_data=False), head_index)
+        if head_convs:  # quantise the head's 1x1 convs too (faster at large nc); the decode stays float
+            exclude = [n for n in exclude if not (n.endswith("/Conv") and f"/model.{head_index}/m." in n)]
         with _quiet_logs():
             quantize_static(str(src), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -502,7 +505,8 @@ def run(weights=ROOT / "yolov5s.pt", imgsz=(640, 640), batch_size: int = 1, devi
         include=("torchscript", "onnx"), half: bool = False, dynamic: bool = False, simplify: bool = False,
         opset: int = 17, nms: bool = False, raw: bool = False, int8: bool = False, data=None,
         conf_thres: float = 0.25, iou_thres: float = 0.45, max_det: int = 100, agnostic_nms: bool = False,
-        calib_images: int = DEFAULT_CALIB_IMAGES, file=None, check_int8: bool = True) -> list[str]:
+        calib_images: int = DEFAULT_CALIB_IMAGES, file=None, check_int8: bool = True,
+        int8_head_convs: bool = False) -> list[str]:
     """Export weights to each format in include; returns the written files (next to the weights, e.g.
     best.pt -> best.onnx, best.torchscript, best_int8.onnx). `file` overrides the output stem."""
     t0 = time.time()
@@ -571,7 +575,8 @@ def run(weights=ROOT / "yolov5s.pt", imgsz=(640, 640), batch_size: int = 1, devi
         fp32 = stem.with_suffix(".onnx")
         q = stem.with_name(stem.stem + "_int8.onnx")
         t = time.time()
-        quantize_int8(fp32, q, data, imgsz, head_index=len(model.model) - 1, n_images=calib_images)
+        quantize_int8(fp32, q, data, imgsz, head_index=len(model.model) - 1, n_images=calib_images,
+                      head_convs=int8_head_convs)
         LOGGER.info(f"{colorstr('INT8:')} export success ✅ {time.time() - t:.1f}s, saved as {q} "
                     f"({q.stat().st_size / 1e6:.1f} MB)")
         written.append(str(q))
@@ -610,6 +615,8 @@ def parse_opt(argv=None):
     parser.add_argument("--int8", action="store_true", help="ONNX Runtime static INT8 quantisation (needs --data)")
     parser.add_argument("--calib-images", type=int, default=DEFAULT_CALIB_IMAGES, help="INT8 calibration images")
     parser.add_argument("--no-int8-check", action="store_true", help="skip the FP32-vs-INT8 mAP comparison")
+    parser.add_argument("--int8-head-convs", action="store_true", help="INT8: quantise the Detect 1x1 convs too "
+                                                                       "(int8 logits; box decoding stays float)")
     parser.add_argument("--conf-thres", type=float, default=0.25, help="--nms: confidence threshold")
     parser.add_argument("--iou-thres", type=float, default=0.45, help="--nms: NMS IoU threshold")
     parser.add_argument("--max-det", "--topk-all", type=int, default=100, help="--nms: max detections per image")
@@ -624,7 +631,7 @@ def main(opt) -> int:
                 half=opt.half, dynamic=opt.dynamic, simplify=opt.simplify, opset=opt.opset, nms=opt.nms, raw=opt.raw,
                 int8=opt.int8, data=opt.data, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres,
                 max_det=opt.max_det, agnostic_nms=opt.agnostic_nms, calib_images=opt.calib_images,
-                check_int8=not opt.no_int8_check)
+                check_int8=not opt.no_int8_check, int8_head_convs=opt.int8_head_convs)
     except (ExportError, ImportError, FileNotFoundError, ValueError) as e:
         LOGGER.error(f"ERROR: {e}")
         return 1

@@ -163,7 +163,8 @@ class DetectBackend(nn.Module):
                     warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
                     model = torch.jit.load(w, _extra_files=extra, map_location=device)
             except RuntimeError as e:
-                raise BackendError(f"'{w}' is not a readable TorchScript file: {str(e).strip().splitlines()[0]}") from None
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise BackendError(f"'{w}' is not a readable TorchScript file: {msg}") from None
             cfg = extra["config.txt"]
             meta = _json(cfg.decode(errors="ignore") if isinstance(cfg, bytes) else cfg, {}) or {}
             self.half_file = bool(meta.get("half", False))
@@ -236,9 +237,10 @@ class DetectBackend(nn.Module):
 
     def _check_shape(self, im: torch.Tensor) -> None:
         if self.fixed_imgsz is not None and tuple(im.shape[2:]) != tuple(self.fixed_imgsz):
-            raise BackendError(f"'{self.weights.name}' was exported for {self.fixed_imgsz[0]}x{self.fixed_imgsz[1]} "
-                               f"(h x w) inputs but got {im.shape[2]}x{im.shape[3]}: pass --imgsz "
-                               f"{self.fixed_imgsz[0]} or re-export with --dynamic / --imgsz {im.shape[2]} {im.shape[3]}")
+            h, w = self.fixed_imgsz
+            raise BackendError(f"'{self.weights.name}' was exported for {h}x{w} (h x w) inputs but got "
+                               f"{im.shape[2]}x{im.shape[3]}: pass --imgsz {h} {w} or re-export with --dynamic "
+                               f"(or --imgsz {im.shape[2]} {im.shape[3]})")
         if self.fixed_batch is not None and im.shape[0] != self.fixed_batch:
             raise BackendError(f"'{self.weights.name}' was exported for batch {self.fixed_batch} but got batch "
                                f"{im.shape[0]}: use --batch-size {self.fixed_batch} or re-export with --dynamic")
