@@ -24,7 +24,7 @@ import signal
 import sys
 import threading
 import time
-from copy import deepcopy
+
 from datetime import timedelta
 from pathlib import Path
 

@@ -30,14 +30,6 @@ MOBILENETV2_LAYER_PARAMS = [928, 896, 5136, 8832, 10000, 29696, 21056, 162816, 6
                             229245]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two OpenMP threads wait on each other and run ~10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())

@@ -1,5 +1,4 @@
 """Checkpoint I/O: our weights_only format, YOLOv5 pickles read without executing code, and bad files."""
-import io
 import os
 import pickle
 

@@ -72,14 +72,6 @@ def video_info(path: Path) -> tuple[int, float, int, int]:
     return n, fps, w, h
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convs run faster on one thread, and much faster than two threads fighting other processes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture
 def logs():

@@ -87,15 +87,6 @@ def _build(name: str):
 _CACHE: dict[str, dict] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These graphs are tiny: per-op overhead dominates, and two spinning OpenMP threads on a busy 2-core machine
-    were measured 10-30x slower than one. Restored afterwards for the other test modules."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def outdir(tmp_path_factory) -> Path:

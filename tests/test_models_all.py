@@ -17,14 +17,6 @@ YAMLS = sorted(p.name for p in (ROOT / "models").glob("*.yaml"))
 _CACHE: dict[str, Model] = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two OpenMP threads wait on each other and run ~10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def built(cfg: str) -> Model:
     if cfg not in _CACHE:
