@@ -85,7 +85,7 @@ def logs():
 
 
 @pytest.fixture(scope="module")
-def untrained(tmp_path_factory, one_thread) -> Path:
+def untrained(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = Model(tiny_cfg(), verbose=False)
     model.names = dict(NAMES)
@@ -93,7 +93,7 @@ def untrained(tmp_path_factory, one_thread) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, one_thread) -> Path:
+def trained(tmp_path_factory) -> Path:
     """A tiny YOLOv5 trained for 24 epochs on 128 generated 64 px images (single thread: ~20 s)."""
     from utils.dataloaders import create_dataloader
     from utils.loss import ComputeLoss
