@@ -24,7 +24,6 @@ import signal
 import sys
 import threading
 import time
-
 from datetime import timedelta
 from pathlib import Path
 

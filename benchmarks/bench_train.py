@@ -6,11 +6,13 @@ python benchmarks/bench_train.py [--cfg yolov5n.yaml yolov5_MobileNetv2.yaml] [-
 Training step = forward, ComputeLoss, backward, gradient clipping, SGD step and EMA update, exactly as train.py
 runs them, on batches drawn from the loader beforehand (so loading is not counted). Loader = the augmenting
 training DataLoader (mosaic, random perspective, HSV, flips) iterated alone. The loader is not the bottleneck
-when its images/s is at least twice the step's.
+when its images/s is at least twice the step's. Torch threads default to train.py's choice: on 2 cores one
+thread, as two OpenMP threads sharing cores with the loader workers spin (measured ~9x slower, see README).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -84,11 +86,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--steps", type=int, default=8, help="timed training steps per model")
     p.add_argument("--batches", type=int, default=20, help="timed loader batches per worker count")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (default: train.py's choice, one core left per dataloader worker)")
     p.add_argument("--out", default="", help="also write the table as markdown to this file")
     a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    cpus = os.cpu_count() or 1
+    torch.set_num_threads(a.threads or max(1, cpus - min(cpus, a.batch_size, max(a.workers))))
     d = check_dataset(a.data)
     hyp = yaml.safe_load(check_yaml(a.hyp).read_text())
 

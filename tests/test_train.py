@@ -32,7 +32,6 @@ BASE = dict(imgsz=64, batch_size=4, workers=0, exist_ok=False)
 NO_AUG = dict(mosaic=0.0, fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, translate=0.0, scale=0.0)
 
 
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
     root = generate_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", n_train=8, n_val=4, imgsz=64, seed=0)
