@@ -645,8 +645,8 @@ def evolve(opt, device: torch.device, callbacks: Callbacks) -> Path:
         r = train(hyp.copy(), opt, device, callbacks)
         fi = float(fitness(np.array(r).reshape(1, -1))[0])
         row = [fi, *r, *[hyp[k] for k in keys]]
-        head = "" if table.exists() else ",".join(["fitness", "P", "R", "mAP50", "mAP50-95", "box", "obj", "cls",
-                                                   *keys]) + "\n"
+        head = "" if table.exists() else ",".join(["fitness", "P", "R", "mAP50", "mAP50-95", "val/box_loss",
+                                                   "val/obj_loss", "val/cls_loss", *keys]) + "\n"
         with open(table, "a") as f:
             f.write(head + ",".join(f"{x:.6g}" for x in row) + "\n")
     history = np.loadtxt(table, delimiter=",", skiprows=1, ndmin=2)

@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if a.out:
         cols = [f"loader w{w} img/s" for w in loader]
         lines = [f"`python benchmarks/bench_train.py {' '.join(argv if argv is not None else sys.argv[1:])}` "
-                 f"(imgsz {a.imgsz}, batch {a.batch_size}, torch threads {torch.get_num_threads()})", "",
+                 f"(imgsz {a.imgsz}, batch {a.batch_size}, torch threads {torch.get_num_threads()}, "
+                 f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end)", "",
                  "| model | train step img/s | " + " | ".join(cols) + " | loader / step |",
                  "|---|---:|" + "---:|" * len(cols) + "---:|"]
         for r in rows:

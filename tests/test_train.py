@@ -128,6 +128,21 @@ def test_loss_falls(data, hyp, tmp_path):
     assert (total[1:] < total[0]).all() and total[-1] < 0.92 * total[0], total
 
 
+def test_flag_combination_freeze_single_cls_multiscale(data, tmp_path):
+    """--freeze keeps layers 0-1 fixed across epochs while the rest trains; --single-cls, --multi-scale, --cos-lr,
+    --label-smoothing, --image-weights, --save-period and AdamW run together."""
+    opt = train.run(data=data, cfg="yolov5n.yaml", epochs=2, freeze=[2], single_cls=True, multi_scale=True,
+                    cos_lr=True, label_smoothing=0.1, image_weights=True, save_period=1, optimizer="AdamW",
+                    noplots=True, noautoanchor=True, project=str(tmp_path), **BASE)
+    w = Path(opt.save_dir) / "weights"
+    assert opt.status == train.COMPLETED and (w / "epoch0.pt").is_file() and (w / "epoch1.pt").is_file()
+    e0, e1 = (torch.load(w / f"epoch{i}.pt", weights_only=True) for i in (0, 1))
+    assert e1["names"] == {0: "item"} and e1["yaml"]["nc"] == 1 and e1["hyp"]["label_smoothing"] == 0.1
+    for k in ("model.0.conv.weight", "model.1.bn.weight", "model.1.bn.bias"):
+        assert torch.equal(e0["model"][k], e1["model"][k]), k  # frozen
+    assert not torch.equal(e0["model"]["model.2.cv1.conv.weight"], e1["model"]["model.2.cv1.conv.weight"])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # resume, interruption, non-finite loss
 # ---------------------------------------------------------------------------------------------------------------
