@@ -420,5 +420,15 @@ def main(opt) -> list:
     raise ValueError(f"--task must be one of train, val, test, speed, study; got '{opt.task}'")
 
 
+def cli(argv=None) -> int:
+    """Command-line entry: bad input (missing files, splits, class-count mismatch) ends in one ERROR line."""
+    try:
+        main(parse_opt(argv))
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # CheckpointError and YamlError are ValueErrors
+        LOGGER.error(f"ERROR: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    main(parse_opt())
+    sys.exit(cli())

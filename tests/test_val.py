@@ -308,3 +308,16 @@ def test_metric_boxes_are_the_json_boxes():
     m.update([np.c_[c, [[0.9, 0]]]], [np.c_[[[0]], c]])
     assert m.compute()["map"] == pytest.approx(1.0)
     assert coco_iou(c, c).item() == 1.0
+
+
+def test_cli_missing_weights_is_one_error_line(caplog):
+    import logging
+    import val
+    from utils.general import LOGGER
+    LOGGER.propagate = True
+    try:
+        with caplog.at_level(logging.ERROR, logger=LOGGER.name):
+            assert val.cli(["--weights", "definitely_missing.pt", "--data", "shapes.yaml"]) == 1
+    finally:
+        LOGGER.propagate = False
+    assert "ERROR: weights file 'definitely_missing.pt' not found" in caplog.text
