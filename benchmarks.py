@@ -49,7 +49,8 @@ NA = "n/a"
 METRIC_COLUMNS = ["model", "params", "gflops", "torch_ms", "ort_fp32_ms", "ort_int8_ms", "torch_mem_mb",
                   "ort_fp32_mem_mb", "ort_int8_mem_mb", "onnx_fp32_mb", "onnx_int8_mb", "map50", "map50_95",
                   "train_s"]
-RECIPE_COLUMNS = ["epochs", "imgsz", "batch_size", "hyp", "seed", "data", "cfg", "threads", "warmup", "runs"]
+RECIPE_COLUMNS = ["epochs", "imgsz", "train_imgsz", "batch_size", "optimizer", "nbs", "hyp", "seed", "data", "cfg",
+                  "threads", "warmup", "runs"]
 MACHINE_COLUMNS = ["cpu", "cpu_isa", "cores", "torch_version", "onnxruntime_version", "python", "os", "date",
                    "load_avg"]
 COLUMNS = METRIC_COLUMNS + RECIPE_COLUMNS + MACHINE_COLUMNS + ["skipped"]
@@ -267,18 +268,53 @@ def _results_csv_metrics(csv_file: Path) -> tuple[float, float]:
     return float(best[key50]), float(best[key95])
 
 
+RECORD = "benchmark.json"  # written into a training run folder once it has finished: what it was and what it scored
+
+
+def training_recipe(cfg: str | Path, data: str | Path, epochs: int, imgsz: int, seed: int, batch_size: int,
+                    hyp: str | None, optimizer: str, nbs: int) -> dict:
+    """Everything that decides a benchmark training run's result; the yaml's text is included, not just its name,
+    so an edited yaml is retrained. Hyp and data yamls are named, not hashed (edit them and use a new --name)."""
+    import hashlib
+    text = Path(cfg).read_bytes() if Path(cfg).is_file() else str(cfg).encode()
+    return dict(cfg=Path(cfg).name, cfg_sha1=hashlib.sha1(text).hexdigest(), data=Path(str(data)).name,
+                epochs=epochs, imgsz=imgsz, seed=seed, batch_size=batch_size, hyp=str(hyp or ""),
+                optimizer=optimizer, nbs=nbs)
+
+
+def finished_run(project: str | Path, name: str, recipe: dict) -> dict | None:
+    """The newest finished training run of this recipe under project/name*, or None: a rerun of an interrupted or
+    repeated benchmark reuses it instead of training again (latencies are measured anew every time)."""
+    for record in sorted(Path(project).glob(f"{name}*/{RECORD}"), key=lambda f: f.stat().st_mtime, reverse=True):
+        try:
+            info = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        weights = record.parent / "weights" / info.get("weights", "best.pt")
+        if info.get("recipe") == recipe and weights.is_file():
+            return {"weights": weights, "map50": info["map50"], "map50_95": info["map50_95"],
+                    "train_s": info["train_s"], "reused": True}
+    return None
+
+
 def train_and_eval(cfg: str | Path, data: str | Path, epochs: int, imgsz: int, seed: int = 0, batch_size: int = 16,
                    hyp: str | None = "hyp.scratch-low.yaml", workers: int = 2,
-                   project: str | Path = ROOT / "runs/benchmark", name: str = "exp") -> dict:
+                   project: str | Path = ROOT / "runs/benchmark", name: str = "exp", optimizer: str = "SGD",
+                   nbs: int = 64, reuse: bool = True) -> dict:
     """Train cfg from scratch for `epochs` with train.run and the shared recipe; returns weights (best.pt), mAP50,
-    mAP50-95 (the best epoch's validation, which best.pt holds) and the wall time in seconds."""
+    mAP50-95 (the best epoch's validation, which best.pt holds) and the wall time in seconds. With reuse, a
+    finished run of the same recipe under project/name* is returned instead (its 'reused' key is True)."""
+    recipe = training_recipe(cfg, data, epochs, imgsz, seed, batch_size, hyp, optimizer, nbs)
+    if reuse and (done := finished_run(project, name, recipe)):
+        LOGGER.info(f"benchmarks: reusing {done['weights']} (same recipe, trained earlier)")
+        return done
     try:
         import train
     except ImportError as e:
         raise Skip(f"train.py is not available ({e})") from None
     kw = dict(weights="", cfg=str(cfg), data=str(data), epochs=epochs, imgsz=imgsz, batch_size=batch_size,
               seed=seed, workers=workers, project=str(project), name=name, exist_ok=False, device="cpu",
-              noplots=True)
+              noplots=True, optimizer=optimizer, nbs=nbs)
     if hyp:
         kw["hyp"] = str(hyp)
     t = time.perf_counter()
@@ -299,7 +335,11 @@ def train_and_eval(cfg: str | Path, data: str | Path, epochs: int, imgsz: int, s
         map50, map50_95 = float(results[2]), float(results[3])
     else:
         map50, map50_95 = _results_csv_metrics(save_dir / "results.csv")
-    return {"weights": weights, "map50": map50, "map50_95": map50_95, "train_s": seconds}
+    record = dict(recipe=recipe, weights=weights.name, map50=map50, map50_95=map50_95, train_s=seconds)
+    tmp = save_dir / (RECORD + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, save_dir / RECORD)  # atomic: a record only ever describes a finished run
+    return {"weights": weights, "map50": map50, "map50_95": map50_95, "train_s": seconds, "reused": False}
 
 
 def save_untrained(model, file: Path) -> Path:
@@ -368,8 +408,8 @@ class Row(dict):
 def benchmark_model(cfg: str | Path, opt: argparse.Namespace, nc: int, workdir: Path, progress=None) -> Row:
     """Every measurement for one model yaml; a failing stage marks its columns and the others still run."""
     cfg = Path(cfg)
-    row = Row(model=cfg.stem, cfg=str(cfg), epochs=opt.epochs, imgsz=opt.imgsz, batch_size=opt.batch_size,
-              hyp=opt.hyp or "train.py default", seed=opt.seed, data=Path(str(opt.data)).name, threads=opt.threads,
+    row = Row(model=cfg.stem, cfg=str(cfg), epochs=opt.epochs, imgsz=opt.imgsz, train_imgsz=opt.train_imgsz or opt.imgsz,
+              batch_size=opt.batch_size, optimizer=opt.optimizer, nbs=opt.nbs, hyp=opt.hyp or "train.py default", seed=opt.seed, data=Path(str(opt.data)).name, threads=opt.threads,
               warmup=opt.warmup, runs=opt.runs)
 
     def step(name: str) -> None:
@@ -387,8 +427,8 @@ def benchmark_model(cfg: str | Path, opt: argparse.Namespace, nc: int, workdir: 
     if opt.epochs > 0:
         step(f"train {opt.epochs} epochs")
         res = row.stage(("map50", "map50_95", "train_s"), lambda: train_and_eval(
-            cfg, opt.data, opt.epochs, opt.imgsz, opt.seed, opt.batch_size, opt.hyp, opt.workers,
-            workdir / "train", cfg.stem), keep=True)
+            cfg, opt.data, opt.epochs, opt.train_imgsz or opt.imgsz, opt.seed, opt.batch_size, opt.hyp, opt.workers,
+            workdir / "train", cfg.stem, opt.optimizer, opt.nbs, not opt.retrain), keep=True)
         if res is not None:
             row.update(map50=res["map50"], map50_95=res["map50_95"], train_s=res["train_s"])
             weights = res["weights"]
@@ -608,6 +648,7 @@ def expand_cfgs(cfgs) -> list[Path]:
 
 def run(data="data/shapes.yaml", imgsz: int = 320, cfgs=("models/yolov5n*.yaml",), epochs: int = 0,
         batch_size: int = 16, hyp: str | None = "hyp.scratch-low.yaml", seed: int = 0, workers: int = 2,
+        train_imgsz: int | None = None, optimizer: str = "SGD", nbs: int = 64, retrain: bool = False,
         threads: int = 2, runs: int = 50, warmup: int = 10, no_int8: bool = False, calib_images: int | None = None,
         out=ROOT / "benchmarks/results", name: str = "backbones", project=ROOT / "runs/benchmark",
         command: str | None = None) -> list[dict]:
@@ -620,6 +661,7 @@ def run(data="data/shapes.yaml", imgsz: int = 320, cfgs=("models/yolov5n*.yaml",
     cfgs = expand_cfgs(cfgs)
     data_dict = check_dataset(data)  # generates the default dataset on first use; a bad yaml stops here
     opt = argparse.Namespace(data=data, imgsz=imgsz, epochs=epochs, batch_size=batch_size, hyp=hyp, seed=seed,
+                             train_imgsz=train_imgsz, optimizer=optimizer, nbs=nbs, retrain=retrain,
                              workers=workers, threads=threads, runs=runs, warmup=warmup, no_int8=no_int8,
                              calib_images=calib_images)
     workdir = Path(project) / name
@@ -638,7 +680,8 @@ def run(data="data/shapes.yaml", imgsz: int = 320, cfgs=("models/yolov5n*.yaml",
         rows.append(finish_row(row, machine))
         write_csv(rows, Path(out) / f"{name}.csv")  # partial results survive an interrupted run
     csv_file = write_csv(rows, Path(out) / f"{name}.csv")
-    title = (f"{Path(str(data)).name}, {imgsz}px, {epochs} epochs | {machine['cpu']}, {machine['cores']} cores, "
+    trained = f", {epochs} epochs at {train_imgsz or imgsz}px" if epochs else ""
+    title = (f"{Path(str(data)).name}, latency at {imgsz}px{trained} | {machine['cpu']}, {machine['cores']} cores, "
              f"{threads} threads")
     png = plot_results(rows, Path(out) / f"{name}.png", title)
     table = format_table(rows)
@@ -655,8 +698,11 @@ def load_1min(row: dict) -> float | None:
 
 def markdown_report(rows, table: str, machine: dict, command: str | None, png: str, opt) -> str:
     """The README section: table, chart, machine, recipe and the exact command."""
-    recipe = (f"{opt.epochs} epochs from scratch, batch {opt.batch_size}, hyp {opt.hyp or 'train.py default'}, "
-              f"seed {opt.seed}" if opt.epochs else "no training (--epochs 0): mAP not measured")
+    train_imgsz = opt.train_imgsz or opt.imgsz
+    recipe = (f"{opt.epochs} epochs from scratch at {train_imgsz}px (mAP50 and mAP50-95 of best.pt on the val split "
+              f"at {train_imgsz}px), batch {opt.batch_size}, {opt.optimizer} (nominal batch {opt.nbs}), hyp "
+              f"{opt.hyp or 'train.py default'}, seed {opt.seed}" if opt.epochs
+              else "no training (--epochs 0): mAP not measured")
     loads = [x for x in (load_1min(r) for r in rows) if x is not None]
     load = f" 1-minute load average after each model: {min(loads):.1f}-{max(loads):.1f}." if loads else ""
     return "\n".join([
@@ -679,6 +725,11 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16, help="training batch size")
     p.add_argument("--hyp", default="hyp.scratch-low.yaml", help="hyperparameters yaml (the recipe for all models)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation and training")
+    p.add_argument("--train-imgsz", type=int, default=None, help="training and mAP image size (default: --imgsz)")
+    p.add_argument("--optimizer", choices=["SGD", "Adam", "AdamW"], default="SGD", help="training optimizer")
+    p.add_argument("--nbs", type=int, default=64, help="nominal batch size for training (train.py --nbs)")
+    p.add_argument("--retrain", action="store_true", help="train again even if a finished run of the same recipe "
+                                                          "exists under --project")
     p.add_argument("--workers", type=int, default=2, help="dataloader workers for training")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch and ONNX Runtime inference")
     p.add_argument("--runs", type=int, default=50, help="timed runs per latency (median reported)")

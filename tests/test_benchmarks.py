@@ -108,6 +108,28 @@ def test_tiny_models_measured(bench_run):
     assert rows[0]["params"] != rows[1]["params"]  # two different models, not one measured twice
 
 
+
+def test_rerun_reuses_finished_training_and_remeasures_speed(bench_run, monkeypatch, tmp_path):
+    rows, _, cfgs, data = bench_run
+    project = Path(rows[0]["cfg"]).parent / "runs"  # bench_run's --project
+    import train
+
+    def no_training(**kw):
+        raise AssertionError("trained again although a finished run of the same recipe exists")
+
+    monkeypatch.setattr(train, "run", no_training)
+    again = benchmarks.run(data=str(data), imgsz=64, cfgs=[str(cfgs[0])], epochs=1, batch_size=4, seed=0, workers=0,
+                           threads=1, runs=2, warmup=0, no_int8=True, out=tmp_path, name="bench", project=project)
+    assert (again[0]["map50"], again[0]["map50_95"]) == pytest.approx((float(rows[0]["map50"]),
+                                                                       float(rows[0]["map50_95"])))
+    assert float(again[0]["torch_ms"]) > 0 and again[0]["train_imgsz"] == 64
+    # another recipe (here the training size) is not the same run: it must train, which the stub refuses
+    other = benchmarks.run(data=str(data), imgsz=64, train_imgsz=32, cfgs=[str(cfgs[0])], epochs=1, batch_size=4,
+                           workers=0, threads=1, runs=2, warmup=0, no_int8=True, out=tmp_path, name="bench",
+                           project=project)
+    assert other[0]["map50"] == benchmarks.NA and "trained again" in other[0]["skipped"]
+
+
 def test_broken_yaml_skipped_with_reason(bench_run):
     rows, *_ = bench_run
     r = rows[2]

@@ -353,6 +353,25 @@ def test_simplify_uses_onnxslim_when_installed(outdir, tmp_path, monkeypatch):
     assert f2.is_file()
 
 
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_simplify_with_real_onnxslim_keeps_outputs_and_metadata(outdir, tmp_path, dynamic):
+    pytest.importorskip("onnxslim")  # in requirements.txt; skipped only where someone removed it
+    name = "yolov5n_ShuffleNetV2.yaml"  # channel shuffle + split: the reshapes a simplifier most likes to rewrite
+    e = exported(name, outdir)
+    shape = DYN_TRACE if dynamic else (1, 3, *FIXED)
+    meta = export.export_metadata(e["model"], shape[2:], 1, "decoded", dynamic)
+    f = export.export_onnx(e["model"], torch.zeros(shape), tmp_path / "slim.onnx", simplify=True, dynamic=dynamic,
+                           metadata=meta)
+    plain = e["dynamic"] if dynamic else e["fixed"]
+    assert len(onnx.load(str(f)).graph.node) < len(onnx.load(str(plain)).graph.node)  # it did simplify
+    assert {p.key: p.value for p in onnx.load(str(f)).metadata_props}["stride"] == "32"
+    x = _inputs(DYN_RUN if dynamic else (1, 3, *FIXED), seed=3)
+    with torch.no_grad():
+        ref = e["model"](x)[0]
+    assert_same_predictions(torch.from_numpy(_session(f).run(None, {"images": x.numpy()})[0]), ref)
+
+
 # ------------------------------------------------------------------------------------------------------ INT8
 def _write_dataset(root: Path, model, n_train: int = 6, n_val: int = 6, s: int = 64) -> Path:
     """Images of coloured blobs; val labels are the fused model's own confident detections, so mAP is far from 0
