@@ -514,44 +514,49 @@ def pareto_front(x: list[float], y: list[float]) -> list[int]:
     return front
 
 
-def latency_column(rows: list[dict]) -> str:
-    """The chart's x axis: ONNX Runtime FP32 when every timed model has it (what a device runs), else PyTorch."""
-    timed = [r for r in rows if any(as_float(r.get(c)) is not None for c in ("torch_ms", "ort_fp32_ms"))]
-    return "ort_fp32_ms" if timed and all(as_float(r.get("ort_fp32_ms")) is not None for r in timed) else "torch_ms"
+LATENCY_PANELS = {"ort_fp32_ms": "ONNX Runtime FP32", "ort_int8_ms": "ONNX Runtime INT8", "torch_ms": "PyTorch fused"}
+
+
+def latency_columns(rows: list[dict]) -> list[str]:
+    """The chart's panels: every latency column that some row has, ONNX Runtime FP32 (what a device runs) first."""
+    cols = [c for c in LATENCY_PANELS if any(as_float(r.get(c)) is not None for r in rows)]
+    return cols or ["torch_ms"]
 
 
 def make_chart(rows: list[dict], title: str = ""):
-    """Figure of latency vs mAP50-95 (one labelled point per model, Pareto front drawn); latency vs GFLOPs, said
+    """Figure with one panel per latency backend, each plotting latency vs mAP50-95 (one labelled point per model,
+    that backend's Pareto front drawn): the fastest accurate model depends on the runtime. Latency vs GFLOPs, said
     in the title, when no row has an mAP."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    xcol = latency_column(rows)
     has_map = any(as_float(r.get("map50_95")) is not None for r in rows)
     ycol = "map50_95" if has_map else "gflops"
-    pts = [(as_float(r.get(xcol)), as_float(r.get(ycol)), str(r.get("model"))) for r in rows]
-    pts = [p for p in pts if p[0] is not None and p[1] is not None]
-    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
-    if pts:
-        x, y, _ = zip(*pts)
-        ax.scatter(x, y, s=36, zorder=3, color="tab:blue")
-        for xi, yi, n in pts:
-            ax.annotate(n, (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize=8)
-        if has_map:
-            f = pareto_front(list(x), list(y))
-            ax.step([x[i] for i in f], [y[i] for i in f], where="post", color="tab:red", lw=1.5, zorder=2,
-                    label="Pareto front (no other model is both faster and more accurate)")
-            ax.legend(loc="best", fontsize=8)
-        ax.margins(x=0.15, y=0.12)  # room for the labels of the outermost points
-    else:
-        ax.text(0.5, 0.5, "no model has both values", ha="center", va="center", transform=ax.transAxes)
-    backend = {"ort_fp32_ms": "ONNX Runtime FP32", "torch_ms": "PyTorch fused"}[xcol]
-    ax.set_xlabel(f"CPU latency, batch 1, {backend} (ms, median)")
-    ax.set_ylabel("mAP50-95" if has_map else "GFLOPs")
+    cols = latency_columns(rows)
+    fig, axes = plt.subplots(1, len(cols), figsize=(6.5 * len(cols), 6), dpi=100, sharey=True, squeeze=False)
+    for ax, xcol in zip(axes[0], cols):
+        pts = [(as_float(r.get(xcol)), as_float(r.get(ycol)), str(r.get("model"))) for r in rows]
+        pts = [p for p in pts if p[0] is not None and p[1] is not None]
+        if pts:
+            x, y, _ = zip(*pts)
+            ax.scatter(x, y, s=36, zorder=3, color="tab:blue")
+            for xi, yi, n in pts:
+                ax.annotate(n, (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            if has_map:
+                f = pareto_front(list(x), list(y))
+                ax.step([x[i] for i in f], [y[i] for i in f], where="post", color="tab:red", lw=1.5, zorder=2,
+                        label="Pareto front (no other model is both faster and more accurate)")
+                ax.legend(loc="lower right", fontsize=8)
+            ax.margins(x=0.15, y=0.12)  # room for the labels of the outermost points
+        else:
+            ax.text(0.5, 0.5, "no model has both values", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel(f"CPU latency, batch 1, {LATENCY_PANELS[xcol]} (ms, median)")
+        ax.set_title(LATENCY_PANELS[xcol], fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("mAP50-95" if has_map else "GFLOPs")
     head = "latency vs mAP50-95" if has_map else "latency vs GFLOPs (no mAP: --epochs 0)"
-    ax.set_title(f"{head}\n{title}" if title else head, fontsize=10)
-    ax.grid(alpha=0.3)
+    fig.suptitle(f"{head}\n{title}" if title else head, fontsize=11)
     fig.tight_layout()
     return fig
 

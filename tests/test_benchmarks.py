@@ -157,23 +157,32 @@ def test_pareto_front():
     assert benchmarks.pareto_front([5.0], [0.1]) == [0]
 
 
-def test_chart_front_and_gflops_fallback():
-    rows = [{"model": m, "torch_ms": t, "ort_fp32_ms": o, "map50_95": a, "gflops": g}
-            for m, t, o, a, g in (("a", 9, 10, 0.30, 1.0), ("b", 19, 20, 0.25, 2.0), ("c", 14, 15, 0.40, 3.0))]
-    fig = benchmarks.make_chart(rows, "machine")
-    ax = fig.axes[0]
-    front = [ln for ln in ax.get_lines() if "Pareto" in ln.get_label()]
-    assert len(front) == 1 and list(front[0].get_xdata()) == [10, 15] and list(front[0].get_ydata()) == [0.30, 0.40]
-    assert "ONNX Runtime FP32" in ax.get_xlabel() and ax.get_ylabel() == "mAP50-95"
-    assert sorted(t.get_text() for t in ax.texts) == ["a", "b", "c"]
+def _front(ax):
+    lines = [ln for ln in ax.get_lines() if "Pareto" in ln.get_label()]
+    assert len(lines) <= 1
+    return (list(lines[0].get_xdata()), list(lines[0].get_ydata())) if lines else None
 
-    rows[1]["ort_fp32_ms"] = benchmarks.NA  # one model without ONNX: all points fall back to PyTorch latency
+
+def test_chart_one_panel_per_backend_with_its_front_and_gflops_fallback():
+    rows = [{"model": m, "torch_ms": t, "ort_fp32_ms": o, "map50_95": a, "gflops": g}
+            for m, t, o, a, g in (("a", 9, 10, 0.30, 1.0), ("b", 8, 20, 0.25, 2.0), ("c", 14, 15, 0.40, 3.0))]
+    fig = benchmarks.make_chart(rows, "machine")
+    ort_ax, torch_ax = fig.axes  # no INT8 column in any row: no INT8 panel
+    assert "ONNX Runtime FP32" in ort_ax.get_xlabel() and ort_ax.get_ylabel() == "mAP50-95"
+    assert _front(ort_ax) == ([10, 15], [0.30, 0.40])  # b is slower and worse than a under ONNX Runtime ...
+    assert "PyTorch" in torch_ax.get_xlabel() and _front(torch_ax) == ([8, 9, 14], [0.25, 0.30, 0.40])  # ... not here
+    for ax in fig.axes:
+        assert sorted(t.get_text() for t in ax.texts) == ["a", "b", "c"]
+    assert "machine" in fig._suptitle.get_text()
+
+    rows[1]["ort_fp32_ms"] = benchmarks.NA  # a model without ONNX is left out of that panel only
     for r in rows:
         r["map50_95"] = benchmarks.NA
-    ax = benchmarks.make_chart(rows).axes[0]
-    assert "GFLOPs" in ax.get_title() and ax.get_ylabel() == "GFLOPs" and "PyTorch" in ax.get_xlabel()
-    assert not [ln for ln in ax.get_lines() if "Pareto" in ln.get_label()]
-    assert sorted(tuple(p) for p in ax.collections[0].get_offsets()) == [(9, 1.0), (14, 3.0), (19, 2.0)]
+    ort_ax, torch_ax = benchmarks.make_chart(rows).axes
+    assert "GFLOPs" in ort_ax.figure._suptitle.get_text() and ort_ax.get_ylabel() == "GFLOPs"
+    assert _front(ort_ax) is None and _front(torch_ax) is None  # no mAP: no front
+    assert sorted(tuple(p) for p in ort_ax.collections[0].get_offsets()) == [(10, 1.0), (15, 3.0)]
+    assert sorted(tuple(p) for p in torch_ax.collections[0].get_offsets()) == [(8, 2.0), (9, 1.0), (14, 3.0)]
 
 
 def test_latency_torch_counts_runs_and_threads():
