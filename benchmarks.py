@@ -198,13 +198,18 @@ def _timed_median(fn, runs: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def measure_latency_torch(model, imgsz: int, threads: int = 2, runs: int = 50, warmup: int = 10) -> float:
-    """Batch-1 eval-mode forward latency (ms, median) of a PyTorch model with `threads` intra-op threads."""
+def measure_latency_torch(model, imgsz: int, threads: int = 2, runs: int = 50, warmup: int = 10,
+                          channels_last: bool = True) -> float:
+    """Batch-1 eval-mode forward latency (ms, median) of a PyTorch model with `threads` intra-op threads; by default
+    in channels_last memory format, as DetectBackend (detect.py, val.py, the predictor) runs it on a CPU."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         model.eval()
         x = torch.rand(1, 3, imgsz, imgsz)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             return _timed_median(lambda: model(x), runs, warmup)
     finally:

@@ -191,13 +191,17 @@ def test_latency_torch_counts_runs_and_threads():
 
     class Probe(torch.nn.Module):
         def forward(self, x):
-            calls.append((tuple(x.shape), torch.get_num_threads()))
+            calls.append((tuple(x.shape), torch.get_num_threads(), x.is_contiguous(memory_format=torch.channels_last)))
             return x
 
     before = torch.get_num_threads()
     ms = benchmarks.measure_latency_torch(Probe(), 32, threads=1, runs=5, warmup=2)
-    assert ms >= 0 and len(calls) == 7 and set(calls) == {((1, 3, 32, 32), 1)}
+    # the input is channels_last by default: the CPU path DetectBackend runs (NCHW would be the slow path)
+    assert ms >= 0 and len(calls) == 7 and set(calls) == {((1, 3, 32, 32), 1, True)}
     assert torch.get_num_threads() == before == 2  # the caller's thread setting is restored
+    calls.clear()
+    benchmarks.measure_latency_torch(Probe(), 32, threads=1, runs=1, warmup=0, channels_last=False)
+    assert calls == [((1, 3, 32, 32), 1, False)]
     torch.set_num_threads(1)
     with pytest.raises(ValueError, match="runs"):
         benchmarks.measure_latency_torch(Probe(), 32, runs=0)
