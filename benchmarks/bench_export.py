@@ -8,8 +8,8 @@ Usage (regenerates benchmarks/results/export.md):
     python benchmarks/bench_export.py --map-weights runs/train/exp/weights/best.pt --map-imgsz 256   # + INT8 mAP
 
 Speed does not depend on the weights, so speed rows use freshly built models (the INT8 graph is calibrated on
-the dataset's train images all the same). Backends take turns run by run, so a burst of load from another
-process hits every column alike; the 1-minute load average before and after is printed with the table. A
+the dataset's train images all the same). Backends take turns in blocks of back-to-back runs, so a burst of
+load from another process hits every column alike; the 1-minute load average before and after is printed with the table. A
 loaded machine makes every number slower and noisier: compare columns of one run, not runs.
 
 Columns: eager NCHW = the fused model as attempt_load returns it, under torch.no_grad() (before);
@@ -66,14 +66,21 @@ def load_avg() -> str:
         return "n/a"
 
 
-def time_callables(fns: dict, runs: int, warmup: int) -> dict[str, float]:
-    """Median ms per callable (and the fastest run, as '<name>_min'); callables take turns run by run."""
+def time_callables(fns: dict, runs: int, warmup: int, block: int = 10) -> dict[str, float]:
+    """Median ms per callable (and the fastest run, as '<name>_min'). Callables take turns in blocks of `block`
+    back-to-back calls, each block after one untimed call: a slow stretch of the machine then hits every column
+    alike, while each timed call still finds its runtime's threads awake and its weights in cache. (Turns of single
+    calls would time every call cold: measured here, that adds ~2 ms to a 3 ms ONNX Runtime run after a PyTorch one.)"""
     times = {k: [] for k in fns}
-    for r in range(warmup + runs):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
+    for fn in fns.values():
+        for _ in range(warmup):
             fn()
-            if r >= warmup:
+    while min(len(v) for v in times.values()) < runs:
+        for k, fn in fns.items():
+            fn()
+            for _ in range(min(block, runs - len(times[k]))):
+                t0 = time.perf_counter()
+                fn()
                 times[k].append((time.perf_counter() - t0) * 1000)
     out = {k: statistics.median(v) for k, v in times.items()}
     out.update({f"{k}_min": min(v) for k, v in times.items()})

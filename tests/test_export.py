@@ -473,3 +473,14 @@ def test_detect_on_exported_file_agrees_with_pt(checkpoint, tiny_data, tmp_path)
     assert labels["pt"] and labels["pt"].keys() == labels["onnx"].keys()
     as_det = lambda a: torch.from_numpy(a[:, [1, 2, 3, 4, 5, 0]] * np.array([64, 64, 64, 64, 1, 1]))  # noqa: E731
     _same_detections([as_det(labels["onnx"][k]) for k in labels["pt"]], [as_det(v) for v in labels["pt"].values()])
+
+
+def test_bench_export_times_backends_in_rewarmed_blocks():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_export
+    calls = []
+    out = bench_export.time_callables({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                      runs=5, warmup=1, block=2)
+    # warm-up, then turns of (1 untimed + up to `block` timed) calls each until every callable has `runs` timings
+    assert "".join(calls) == "ab" + "aaabbb" + "aaabbb" + "aabb"
+    assert set(out) == {"a", "b", "a_min", "b_min"} and all(v >= 0 for v in out.values())
