@@ -290,7 +290,9 @@ def training_recipe(cfg: str | Path, data: str | Path, epochs: int, imgsz: int, 
 def finished_run(project: str | Path, name: str, recipe: dict) -> dict | None:
     """The newest finished training run of this recipe under project/name*, or None: a rerun of an interrupted or
     repeated benchmark reuses it instead of training again (latencies are measured anew every time)."""
-    for record in sorted(Path(project).glob(f"{name}*/{RECORD}"), key=lambda f: f.stat().st_mtime, reverse=True):
+    records = [f for f in Path(project).glob(f"{name}*/{RECORD}")  # name, name2, name3 ... (train.py's numbering)
+               if f.parent.name == name or f.parent.name[len(name):].isdigit()]
+    for record in sorted(records, key=lambda f: f.stat().st_mtime, reverse=True):
         try:
             info = json.loads(record.read_text())
         except (OSError, ValueError):
@@ -413,9 +415,10 @@ class Row(dict):
 def benchmark_model(cfg: str | Path, opt: argparse.Namespace, nc: int, workdir: Path, progress=None) -> Row:
     """Every measurement for one model yaml; a failing stage marks its columns and the others still run."""
     cfg = Path(cfg)
-    row = Row(model=cfg.stem, cfg=str(cfg), epochs=opt.epochs, imgsz=opt.imgsz, train_imgsz=opt.train_imgsz or opt.imgsz,
-              batch_size=opt.batch_size, optimizer=opt.optimizer, nbs=opt.nbs, hyp=opt.hyp or "train.py default", seed=opt.seed, data=Path(str(opt.data)).name, threads=opt.threads,
-              warmup=opt.warmup, runs=opt.runs)
+    row = Row(model=cfg.stem, cfg=str(cfg), epochs=opt.epochs, imgsz=opt.imgsz,
+              train_imgsz=opt.train_imgsz or opt.imgsz, batch_size=opt.batch_size, optimizer=opt.optimizer,
+              nbs=opt.nbs, hyp=opt.hyp or "train.py default", seed=opt.seed, data=Path(str(opt.data)).name,
+              threads=opt.threads, warmup=opt.warmup, runs=opt.runs)
 
     def step(name: str) -> None:
         if progress is not None:
