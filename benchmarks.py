@@ -184,10 +184,8 @@ def model_size(model, imgsz: int) -> tuple[int, float]:
     return params, gflops
 
 
-def _timed_median(fn, runs: int, warmup: int) -> float:
-    """Median wall time of fn() in ms over runs calls, after warmup untimed calls (first-call costs excluded)."""
-    if runs < 1:
-        raise ValueError(f"--runs must be >= 1, got {runs}")
+def timed_runs(fn, runs: int, warmup: int) -> list[float]:
+    """Wall times of fn() in ms over runs calls, after warmup untimed calls (first-call costs excluded)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -195,7 +193,14 @@ def _timed_median(fn, runs: int, warmup: int) -> float:
         t = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+    return times
+
+
+def _timed_median(fn, runs: int, warmup: int) -> float:
+    """Median of timed_runs(fn, runs, warmup)."""
+    if runs < 1:
+        raise ValueError(f"--runs must be >= 1, got {runs}")
+    return statistics.median(timed_runs(fn, runs, warmup))
 
 
 def measure_latency_torch(model, imgsz: int, threads: int = 2, runs: int = 50, warmup: int = 10,
@@ -216,18 +221,10 @@ def measure_latency_torch(model, imgsz: int, threads: int = 2, runs: int = 50, w
         torch.set_num_threads(previous)
 
 
-def onnx_session(path: str | Path, threads: int = 2):
-    """ONNX Runtime CPU session with `threads` intra-op threads and no inter-op parallelism."""
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
 def measure_latency_onnx(path: str | Path, imgsz: int, threads: int = 2, runs: int = 50, warmup: int = 10) -> float:
     """Batch-1 latency (ms, median) of an ONNX file in ONNX Runtime on the CPU with `threads` intra-op threads."""
-    sess = onnx_session(path, threads)
+    from utils.backends import onnx_session
+    sess = onnx_session(path, "cpu", threads)
     inp = sess.get_inputs()[0]
     shape = [d if isinstance(d, int) else s for d, s in zip(inp.shape, (1, 3, imgsz, imgsz))]
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
@@ -763,4 +760,8 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (FileNotFoundError, ValueError, ImportError) as e:  # bad --cfgs/--data/--epochs: say so, no traceback
+        LOGGER.error(f"ERROR: {e}")
+        sys.exit(1)

@@ -206,8 +206,8 @@ def main(opt: argparse.Namespace) -> int:
     LOGGER.info(colorstr("detect: ") + ", ".join(f"{k}={v}" for k, v in vars(opt).items()))
     try:
         run(**vars(opt))
-    except (FileNotFoundError, ValueError, OSError) as e:  # bad input: one line, no traceback
-        LOGGER.error(f"ERROR: {e}")
+    except (FileNotFoundError, ValueError, OSError, ImportError) as e:  # bad input (or no onnxruntime): one line
+        LOGGER.error(f"ERROR: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
         return 1
     return 0
 

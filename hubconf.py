@@ -24,8 +24,6 @@ from utils.torch_utils import select_device  # noqa: E402
 def custom(path="path/to/model.pt", autoshape: bool = True, _verbose: bool = True, device=None, **kwargs):
     """A trained model from a weights file: a callable Predictor (autoshape=True), else the bare model/backend.
     Extra kwargs (conf_thres, iou_thres, imgsz, classes, max_det, ...) go to utils.predictor.load."""
-    if not Path(str(path)).is_file():
-        raise FileNotFoundError(f"weights file '{path}' not found")
     dev = select_device("" if device is None else device)
     if autoshape:
         return load(path, device=dev, **kwargs)

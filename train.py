@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import glob
 import logging
-import math
 import os
 import random
 import signal
@@ -27,12 +26,10 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
@@ -42,9 +39,11 @@ if str(ROOT) not in sys.path:
 
 import val as validate  # noqa: E402
 from models.yolo import Model  # noqa: E402
+from utils.augmentations import multi_scale  # noqa: E402
 from utils.autoanchor import check_anchors  # noqa: E402
 from utils.callbacks import Callbacks  # noqa: E402
-from utils.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_checkpoint, strip_optimizer  # noqa: E402
+from utils.checkpoint import CheckpointError, _plain, load_checkpoint, make_checkpoint, save_checkpoint  # noqa: E402
+from utils.checkpoint import strip_optimizer  # noqa: E402
 from utils.dataloaders import check_dataset, create_dataloader  # noqa: E402
 from utils.general import LOGGER, check_img_size, check_yaml, colorstr, increment_path  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
@@ -53,7 +52,6 @@ from utils.optim import OPTIMIZERS, lr_lambda, smart_optimizer, warmup_iteration
 from utils.torch_utils import LOCAL_RANK, RANK, WORLD_SIZE, ModelEMA, de_parallel, select_device  # noqa: E402
 from utils.torch_utils import torch_distributed_zero_first  # noqa: E402
 
-cv2.setNumThreads(0)  # OpenCV's pool fights torch's for the 2 cores of small machines (see val.py)
 TQDM_FORMAT = "{l_bar}{bar:10}{r_bar}"
 REQUIRED_HYP = ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr",
                 "box", "cls", "cls_pw", "obj", "obj_pw", "anchor_t")
@@ -171,28 +169,17 @@ def labels_to_image_weights(labels: list[np.ndarray], nc: int, class_weights: np
     return counts @ np.asarray(class_weights, dtype=np.float64).reshape(nc)
 
 
-def _yaml_safe(d: dict) -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, Path):
-            v = str(v)
-        elif isinstance(v, dict):
-            v = _yaml_safe(v)
-        elif isinstance(v, tuple):
-            v = list(v)
-        elif not (v is None or isinstance(v, (str, int, float, bool, list))):
-            v = str(v)
-        out[k] = v
-    return out
-
-
 def load_hyp(hyp) -> dict:
     """A hyp dict, or a yaml path/bare name under data/hyps/; missing optimiser/loss keys are an error."""
     if isinstance(hyp, dict):
         h, where = dict(hyp), "hyp dict"
     else:
         f = check_yaml(hyp)
-        h, where = yaml.safe_load(f.read_text(errors="ignore")) or {}, str(f)
+        where = str(f)
+        try:
+            h = yaml.safe_load(f.read_text(errors="ignore")) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{where}: invalid yaml ({str(e).splitlines()[0]})") from None
         if not isinstance(h, dict):
             raise ValueError(f"{where}: expected a mapping of hyperparameters")
     missing = [k for k in REQUIRED_HYP if k not in h]
@@ -296,8 +283,8 @@ def train(hyp, opt, device: torch.device, callbacks: Callbacks | None = None):
     LOGGER.info(colorstr("hyperparameters: ") + ", ".join(f"{k}={v}" for k, v in hyp.items()))
     opt.hyp = hyp.copy()  # unscaled, for opt.yaml and resuming
     if not evolve and main_rank:
-        (save_dir / "hyp.yaml").write_text(yaml.safe_dump(_yaml_safe(hyp), sort_keys=False))
-        (save_dir / "opt.yaml").write_text(yaml.safe_dump(_yaml_safe(vars(opt)), sort_keys=False))
+        (save_dir / "hyp.yaml").write_text(yaml.safe_dump(_plain(hyp), sort_keys=False))
+        (save_dir / "opt.yaml").write_text(yaml.safe_dump(_plain(vars(opt)), sort_keys=False))
 
     plots = not evolve and not opt.noplots
     amp = device.type == "cuda"  # mixed precision only where it pays and is supported
@@ -461,12 +448,8 @@ def train(hyp, opt, device: torch.device, callbacks: Callbacks | None = None):
                     if ni <= nw:
                         accumulate = warmup_step(optimizer, ni, nw, lf, epoch, hyp, nbs, batch_size)
 
-                    if opt.multi_scale:  # a random size in 0.5-1.5x imgsz per batch, kept a multiple of gs
-                        sz = max(random.randrange(int(imgsz * 0.5), int(imgsz * 1.5) + gs) // gs * gs, gs)
-                        sf = sz / max(imgs.shape[2:])
-                        if sf != 1:
-                            ns = [math.ceil(x * sf / gs) * gs for x in imgs.shape[2:]]
-                            imgs = F.interpolate(imgs, size=ns, mode="bilinear", align_corners=False)
+                    if opt.multi_scale:
+                        imgs = multi_scale(imgs, imgsz, gs)
 
                     will_step = ni - last_opt_step >= accumulate
                     sync = model.no_sync() if (RANK != -1 and not will_step) else contextlib.nullcontext()
@@ -716,11 +699,11 @@ def resume_opt(resume, project) -> argparse.Namespace:
     last = find_latest_run(project if Path(project).is_dir() else ".") if resume is True else Path(resume)
     if not last.is_file():
         raise FileNotFoundError(f"--resume checkpoint '{last}' not found")
-    try:
-        ckpt = torch.load(last, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"--resume: '{last}' cannot be read ({str(e).splitlines()[0]})") from None
-    saved = ckpt.get("opt") if isinstance(ckpt, dict) else None
+    info = load_checkpoint(last)  # one-line CheckpointError for empty, corrupt or foreign files
+    if info["source"] != "native":
+        raise CheckpointError(f"--resume: '{last}' is a YOLOv5 checkpoint: only runs of this train.py can be "
+                              f"resumed; fine-tune from it with --weights {last} instead")
+    saved = info["ckpt"].get("opt")
     opt_yaml = last.parent.parent / "opt.yaml"
     if not saved and opt_yaml.is_file():
         saved = yaml.safe_load(opt_yaml.read_text())

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
+from utils.backends import DetectBackend  # noqa: E402
 from utils.boxes import scale_boxes, xywh2xyxy, xyxy2xywh  # noqa: E402
 from utils.general import LOGGER, check_img_size, colorstr, increment_path  # noqa: E402
 from utils.metrics import COCO_MAX_DETS, ConfusionMatrix, DetectionMetrics, xyxy2coco  # noqa: E402
@@ -44,26 +45,6 @@ COCO80_TO_91 = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 2
 def _callback(callbacks, event: str, *args) -> None:
     if callbacks is not None and hasattr(callbacks, "run"):
         callbacks.run(event, *args)
-
-
-def load_model(weights, device: torch.device):
-    """A backend for .pt/.torchscript/.onnx weights exposing stride, names, pt, forward(im) (see utils/backends.py);
-    plain attempt_load for .pt while the backends module is absent."""
-    try:
-        from utils.backends import DetectBackend
-    except ImportError:
-        DetectBackend = None
-    w = str(weights[0] if isinstance(weights, (list, tuple)) else weights)
-    if not Path(w).is_file():
-        raise FileNotFoundError(f"weights file '{w}' not found")
-    if DetectBackend is not None:
-        return DetectBackend(w, device=device)
-    if not w.endswith(".pt"):
-        raise ValueError(f"'{w}': only .pt weights can be validated until utils/backends.py exists")
-    from models.experimental import attempt_load
-    model = attempt_load(w, device=device)
-    model.pt = True
-    return model
 
 
 def max_stride(model) -> int:
@@ -178,7 +159,7 @@ def run(data, weights=None, batch_size: int = 32, imgsz: int = 640, conf_thres: 
         save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
         (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
         data = check_dataset(data)  # before loading weights: a bad yaml is the cheaper error to report
-        model = load_model(weights, device)
+        model = DetectBackend(weights, device=device)  # one-line errors for a missing file or bad suffix
         pt = bool(getattr(model, "pt", True))
         stride = max_stride(model)
         imgsz = check_img_size(imgsz, stride)
@@ -241,6 +222,7 @@ def run(data, weights=None, batch_size: int = 32, imgsz: int = 640, conf_thres: 
     dt = [0.0, 0.0, 0.0]
     loss = torch.zeros(3, device=device)
     jdict, gt_records, seen = [], [], 0
+    end2end = getattr(model, "end2end", False)  # exported with NMS: already per-image (k, 6) detections
     _callback(callbacks, "on_val_start")
     pbar = tqdm(dataloader, desc=s, bar_format=TQDM_FORMAT, disable=not len(dataloader))
     for batch_i, (im, targets, paths, shapes) in enumerate(pbar):
@@ -255,7 +237,6 @@ def run(data, weights=None, batch_size: int = 32, imgsz: int = 640, conf_thres: 
         dt[0] += t2 - t1
 
         out = model(im, augment=augment) if augment else model(im)
-        end2end = getattr(model, "end2end", False)  # exported with NMS: already per-image (k, 6) detections
         if end2end:
             preds, train_out = list(out), None
         else:
@@ -358,7 +339,7 @@ def run(data, weights=None, batch_size: int = 32, imgsz: int = 640, conf_thres: 
     if pt and hasattr(model, "float"):
         model.float()
     if not training:
-        n_txt = len(list(save_dir.glob("labels/*.txt")))
+        n_txt = len(list(save_dir.glob("labels/*.txt"))) if save_txt else 0
         saved = f"\n{n_txt} labels saved to {save_dir / 'labels'}" if save_txt else ""
         LOGGER.info(f"Results saved to {colorstr('bold', str(save_dir))}{saved}")
     maps = r["maps"]
@@ -424,7 +405,8 @@ def cli(argv=None) -> int:
     """Command-line entry: bad input (missing files, splits, class-count mismatch) ends in one ERROR line."""
     try:
         main(parse_opt(argv))
-    except (FileNotFoundError, ValueError, RuntimeError) as e:  # CheckpointError and YamlError are ValueErrors
+    # CheckpointError, YamlError and BackendError are ValueErrors; ImportError: .onnx without onnxruntime
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
         LOGGER.error(f"ERROR: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
         return 1
     return 0

@@ -17,22 +17,20 @@ from utils.dataloaders import check_dataset, create_dataloader  # noqa: E402
 from utils.general import check_yaml  # noqa: E402
 
 
-def bench(data: str, imgsz: int, batch_size: int, batches: int, workers: int, hyp_file: str, cache) -> float:
-    """Images per second over `batches` batches, after one warm-up batch (worker start-up excluded)."""
-    d = check_dataset(data)
-    hyp = yaml.safe_load(check_yaml(hyp_file).read_text())
-    loader, dataset = create_dataloader(d["train"], imgsz, batch_size, 32, hyp=hyp, augment=True, cache=cache,
-                                        workers=workers, shuffle=True, prefix="bench: ")
-    n = 0
+def loader_throughput(path, imgsz: int, batch_size: int, hyp: dict, workers: int, batches: int, cache=False) -> float:
+    """Images/s of the mosaic training loader over `batches` batches, after one warm-up batch (worker start-up
+    excluded)."""
+    loader, _ = create_dataloader(path, imgsz, batch_size, 32, hyp=hyp, augment=True, cache=cache, workers=workers,
+                                  shuffle=True, prefix="bench: ")
     it = iter(loader)
     next(it)
-    t0 = time.perf_counter()
-    for i in range(batches):
+    n, t0 = 0, time.perf_counter()
+    for _ in range(batches):
         try:
-            ims, *_ = next(it)
+            ims = next(it)[0]
         except StopIteration:
             it = iter(loader)
-            ims, *_ = next(it)
+            ims = next(it)[0]
         n += ims.shape[0]
     return n / (time.perf_counter() - t0)
 
@@ -47,9 +45,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--cache", default=None, choices=(None, "ram", "disk"))
     a = p.parse_args(argv)
+    d = check_dataset(a.data)
+    hyp = yaml.safe_load(check_yaml(a.hyp).read_text())
     out = {}
     for w in a.workers:
-        out[w] = bench(a.data, a.imgsz, a.batch_size, a.batches, w, a.hyp, a.cache)
+        out[w] = loader_throughput(d["train"], a.imgsz, a.batch_size, hyp, w, a.batches, a.cache)
         print(f"mosaic dataloader imgsz {a.imgsz} batch {a.batch_size} workers {w} cache {a.cache}: "
               f"{out[w]:.1f} images/s")
     return out

@@ -9,8 +9,8 @@ Usage (regenerates benchmarks/results/export.md):
 
 Speed does not depend on the weights, so speed rows use freshly built models (the INT8 graph is calibrated on
 the dataset's train images all the same). Backends take turns in blocks of back-to-back runs, so a burst of
-load from another process hits every column alike; the 1-minute load average before and after is printed with the table. A
-loaded machine makes every number slower and noisier: compare columns of one run, not runs.
+load from another process hits every column alike; the 1-minute load average before and after is printed with
+the table. A loaded machine makes every number slower and noisier: compare columns of one run, not runs.
 
 Columns: eager NCHW = the fused model as attempt_load returns it, under torch.no_grad() (before);
 eager tuned = DetectBackend's PyTorch path: fused, channels_last, torch.inference_mode() (after).
@@ -36,8 +36,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import export  # noqa: E402
+from benchmarks import cpu_model, timed_runs  # noqa: E402  (ROOT/benchmarks.py, not this folder)
 from models.yolo import Model  # noqa: E402
-from utils.backends import DetectBackend  # noqa: E402
+from utils.backends import DetectBackend, onnx_session  # noqa: E402
 from utils.checkpoint import make_checkpoint, save_checkpoint  # noqa: E402
 from utils.general import LOGGER  # noqa: E402
 
@@ -48,15 +49,6 @@ COMMAND = "python benchmarks/bench_export.py"
 def default_cfgs() -> list[str]:
     """The nano-scale yamls: yolov5n and every yolov5n_* lightweight backbone."""
     return ["yolov5n.yaml"] + sorted(p.name for p in (ROOT / "models").glob("yolov5n_*.yaml"))
-
-
-def ort_session(f: str | Path, threads: int):
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(f), so, providers=["CPUExecutionProvider"])
 
 
 def load_avg() -> str:
@@ -77,11 +69,7 @@ def time_callables(fns: dict, runs: int, warmup: int, block: int = 10) -> dict[s
             fn()
     while min(len(v) for v in times.values()) < runs:
         for k, fn in fns.items():
-            fn()
-            for _ in range(min(block, runs - len(times[k]))):
-                t0 = time.perf_counter()
-                fn()
-                times[k].append((time.perf_counter() - t0) * 1000)
+            times[k] += timed_runs(fn, min(block, runs - len(times[k])), warmup=1)
     out = {k: statistics.median(v) for k, v in times.items()}
     out.update({f"{k}_min": min(v) for k, v in times.items()})
     return out
@@ -101,7 +89,7 @@ def bench_cfg(cfg: str, imgszs: list[int], work: Path, data: str, threads: int, 
         stem = work / f"{Path(cfg).stem}_{s}"
         files = export.run(weights=w, imgsz=(s, s), include=("onnx",), file=stem, int8=True, data=data,
                            calib_images=calib, check_int8=False)
-        fp32, int8 = ort_session(files[0], threads), ort_session(files[1], threads)
+        fp32, int8 = onnx_session(files[0], "cpu", threads), onnx_session(files[1], "cpu", threads)
         x = torch.rand(1, 3, s, s)
         xn = x.numpy()
 
@@ -127,7 +115,7 @@ def bench_map(weights: str, data: str, imgsz: int, work: Path, calib: int, threa
     files = export.run(weights=weights, imgsz=(imgsz, imgsz), include=("onnx",), file=stem, int8=True, data=data,
                        calib_images=calib, check_int8=False)
     m = export.compare_int8(Path(files[0]), Path(files[1]), data, imgsz)
-    fp32, int8 = ort_session(files[0], threads), ort_session(files[1], threads)
+    fp32, int8 = onnx_session(files[0], "cpu", threads), onnx_session(files[1], "cpu", threads)
     xn = np.random.rand(1, 3, imgsz, imgsz).astype(np.float32)
     t = time_callables({"ort_fp32": lambda: fp32.run(None, {"images": xn}),
                         "ort_int8": lambda: int8.run(None, {"images": xn})}, runs, warmup)
@@ -162,15 +150,7 @@ def map_table(rows: list[dict]) -> str:
 
 def machine() -> str:
     import onnxruntime as ort
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} logical CPUs; torch {torch.__version__}, onnxruntime {ort.__version__}, "
+    return (f"{cpu_model()}, {os.cpu_count()} logical CPUs; torch {torch.__version__}, onnxruntime {ort.__version__}, "
             f"Python {platform.python_version()}")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -21,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import cpu_model  # noqa: E402  (ROOT/benchmarks.py, not this folder)
 from models.yolo import Model  # noqa: E402
 from utils.torch_utils import model_flops  # noqa: E402
 
@@ -60,16 +60,6 @@ def bench_models(cfgs: list[str], imgsz: int = 320, runs: int = 10, warmup: int 
     return [{**row, "latency_ms": min(t), "median_ms": statistics.median(t)} for (row, _), t in zip(prepared, times)]
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def markdown_table(rows: list[dict], imgsz: int, runs: int, threads: int, command: str = COMMAND,
                    load: float | None = None) -> str:
     """The README section: one row per yaml, plus how and where it was measured."""
@@ -78,9 +68,9 @@ def markdown_table(rows: list[dict], imgsz: int, runs: int, threads: int, comman
     for r in rows:
         g = f"{r['gflops']:.1f}" if r["gflops"] is not None else "n/a"
         lines.append(f"| `{r['model']}` | {r['params']:,} | {g} | {r['latency_ms']:.1f} | {r['median_ms']:.1f} |")
-    meta = (f"\nMeasured {datetime.date.today().isoformat()} on {cpu_name()}, torch {torch.__version__}, "
-            f"{threads} CPU thread(s), best and median of {runs} runs after warm-up, models timed in turns; nc=80; GFLOPs counted with thop on the "
-            f"unfused model as YOLOv5 does."
+    meta = (f"\nMeasured {datetime.date.today().isoformat()} on {cpu_model()}, torch {torch.__version__}, "
+            f"{threads} CPU thread(s), best and median of {runs} runs after warm-up, models timed in turns; nc=80; "
+            f"GFLOPs counted with thop on the unfused model as YOLOv5 does."
             + (f" The 1-minute load average was {load:.1f} when the run started: other processes inflate latencies "
                f"(the best-of-N column least), so compare models within one table only." if load is not None else "")
             + "\n\n"

@@ -22,29 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from bench_dataloader import loader_throughput  # noqa: E402  (this folder: sys.path[0] when run as a script)
 from models.yolo import Model  # noqa: E402
 from utils.dataloaders import check_dataset, create_dataloader  # noqa: E402
 from utils.general import check_yaml  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
 from utils.optim import smart_optimizer  # noqa: E402
 from utils.torch_utils import ModelEMA  # noqa: E402
-
-
-def loader_throughput(path, imgsz: int, batch_size: int, hyp: dict, workers: int, batches: int) -> float:
-    """Images/s of the mosaic training loader after one warm-up batch (worker start-up excluded)."""
-    loader, _ = create_dataloader(path, imgsz, batch_size, 32, hyp=hyp, augment=True, workers=workers,
-                                  shuffle=True, prefix="bench: ")
-    it = iter(loader)
-    next(it)
-    n, t0 = 0, time.perf_counter()
-    for _ in range(batches):
-        try:
-            ims = next(it)[0]
-        except StopIteration:
-            it = iter(loader)
-            ims = next(it)[0]
-        n += ims.shape[0]
-    return n / (time.perf_counter() - t0)
 
 
 def train_step_throughput(cfg: str, batches: list, nc: int, imgsz: int, hyp: dict, steps: int) -> float:

@@ -55,10 +55,10 @@ Policy = Callable[[Row], "tuple[list, int | list, int]"]
 
 
 def _single_input(row: Row) -> int:
+    if not isinstance(row.frm, int):
+        raise YamlError(f"takes one input, but 'from' lists {len(row.frm)} layers")
     c1 = row.c_in
-    if isinstance(c1, list):
-        raise YamlError(f"takes one input, but 'from' lists {len(c1)} layers")
-    if isinstance(c1, (list, tuple)):
+    if isinstance(c1, (list, tuple)):  # e.g. a TorchVisionBackbone row, whose output is one tensor per stage
         raise YamlError("its input layer has several outputs; select one with an Index row first")
     return c1
 

@@ -30,7 +30,6 @@ MOBILENETV2_LAYER_PARAMS = [928, 896, 5136, 8832, 10000, 29696, 21056, 162816, 6
                             229245]
 
 
-
 def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
@@ -101,10 +100,8 @@ def test_c3uib_yaml_replaces_every_c3_and_counts():
     assert len(c3_rows) == 8
     assert [i for i, m in enumerate(model.model) if isinstance(m, C3_UIB)] == c3_rows
     assert not any(type(m).__name__ == "C3" for m in model.modules())
-    assert n_params(model) == 1_434_685
+    assert n_params(model) == 1_434_685  # the published ~1.3M / 3.3 GFLOPs, as measured on the reconstruction
     assert round(model_flops(model), 1) == 3.5
-    # the published ~1.3M / 3.3 GFLOPs and the measured reconstruction bound the band
-    assert 1.25e6 <= n_params(model) <= 1.45e6
 
 
 def test_c3uib_variant_and_ratio_come_from_the_yaml():
@@ -298,16 +295,16 @@ def test_hardswish_and_hardsigmoid_export_to_onnx():
                                  "yolov5n_MobileNetV3.yaml", "yolov5n_EfficientNetV2.yaml", "yolov5n_C3UIB.yaml"])
 def test_width_multiples_keep_block_constraints(cfg):
     """Even splits (ShuffleNet), grouped convs (RepVGG g=2, 4), ghost halves, SE and UIB widths survive any
-    width_multiple: widths round up to multiples of 8."""
+    width_multiple (widths round up to multiples of 8; a violated constraint fails the build or the forward)."""
+    sizes = []
     for gw in (0.1, 0.33, 0.6, 0.75, 1.1):
         d = yaml_dict(cfg)
         d["width_multiple"] = gw
         model = Model(d, verbose=False).eval()
-        for m in model.modules():
-            if isinstance(m, ShuffleNetV2_Block) and m.s == 1:  # the split halves feed the right branch
-                assert m.branch2[0].conv.in_channels * 2 == m.branch2[-1].conv.out_channels * 2
         with torch.no_grad():
             assert model(torch.zeros(1, 3, 64, 64))[0].shape[1] == 3 * (64 + 16 + 4)
+        sizes.append(n_params(model))
+    assert sizes == sorted(set(sizes)), f"width_multiple not applied: {sizes}"  # strictly growing with gw
 
 
 # ---------------------------------------------------------------- torchvision backbones
@@ -338,6 +335,7 @@ def test_torchvision_backbone_bn_folding(name):
 def test_fold_batchnorms_only_folds_conv_bn_pairs():
     m = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 1), nn.ReLU(), nn.BatchNorm2d(4))
     assert fold_batchnorms(m) == 0
+    assert fold_batchnorms(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4).eval())) == 1
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v3_small", "shufflenet_v2_x0_5"])
@@ -386,6 +384,10 @@ def test_torchvision_backbone_weights_from_yaml_and_missing_file(tmp_path):
     assert any(f"transferred {n}/{n} tensors from {path}" in m for m in records.messages)
     d["backbone"][0][3] = ["shufflenet_v2_x0_5", str(tmp_path / "absent.pth")]
     with pytest.raises(FileNotFoundError, match="absent.pth"):
+        Model(d, verbose=False)
+    (tmp_path / "corrupt.pth").write_bytes(b"not a torch file")
+    d["backbone"][0][3] = ["shufflenet_v2_x0_5", str(tmp_path / "corrupt.pth")]
+    with pytest.raises(YamlError, match="row 0 .*corrupt.pth: not a readable torchvision state_dict"):
         Model(d, verbose=False)
 
 
@@ -440,3 +442,13 @@ def test_benchmark_row_and_table():
     table = markdown_table([row], 64, 1, 1)
     assert f"| `yolov5n_MobileNetv2.yaml` | {row['params']:,} | {row['gflops']:.1f} |" in table
     assert "python benchmarks/bench_models.py" in table
+
+
+def test_row_reading_a_multi_output_backbone_directly_asks_for_an_index_row():
+    d = yaml.safe_load((ROOT / "models" / "yolov5n_tv_mobilenet_v3_small.yaml").read_text())
+    d["backbone"][1] = [0, 1, "Conv", [64, 1, 1]]  # reads the [P3, P4, P5] list itself
+    with pytest.raises(YamlError, match=r"row 1 .*several outputs; select one with an Index row"):
+        Model(d, verbose=False)
+    d["backbone"][1] = [[0, 0], 1, "Conv", [64, 1, 1]]  # two sources where one is taken
+    with pytest.raises(YamlError, match=r"row 1 .*'from' lists 2 layers"):
+        Model(d, verbose=False)

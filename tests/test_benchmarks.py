@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
+import subprocess
+import sys
 import os
 from pathlib import Path
 
@@ -102,9 +103,8 @@ def test_tiny_models_measured(bench_run):
         assert (r["epochs"], r["imgsz"], r["threads"], r["runs"]) == ("1", "64", "1", "3")
         assert (r["cpu"], int(r["cores"]), r["torch_version"]) == (benchmarks.cpu_model(), os.cpu_count(),
                                                                    torch.__version__)
-        if importlib.util.find_spec("export") is not None:  # ONNX backends are measured once export.py exists
-            for col in ("ort_fp32_ms", "ort_fp32_mem_mb", "onnx_fp32_mb"):
-                assert float(r[col]) > 0, (r["model"], col, r["skipped"])
+        for col in ("ort_fp32_ms", "ort_fp32_mem_mb", "onnx_fp32_mb"):
+            assert float(r[col]) > 0, (r["model"], col, r["skipped"])
     assert rows[0]["params"] != rows[1]["params"]  # two different models, not one measured twice
 
 
@@ -225,3 +225,12 @@ def test_stage_records_failure_and_keeps_going():
     assert out["skipped"] == "c: ZeroDivisionError: division by zero; d: no backend, here; " + \
         "+".join(c for c in benchmarks.COLUMNS if c not in ("model", "a", "b", "c", "d", "cpu", "skipped")) + \
         ": not measured"
+
+
+def test_cli_bad_arguments_are_one_line_errors():
+    for args, msg in ((["--cfgs", "nope*.yaml"], "ERROR: --cfgs nope*.yaml: no model yaml matches"),
+                      (["--epochs", "-1", "--cfgs", "models/yolov5n.yaml"], "ERROR: --epochs must be >= 0")):
+        p = subprocess.run([sys.executable, str(ROOT / "benchmarks.py"), *args], cwd=ROOT, capture_output=True,
+                           text=True, timeout=120)
+        assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+        assert msg in p.stderr + p.stdout

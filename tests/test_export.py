@@ -294,6 +294,22 @@ def test_bad_requests_are_one_line_errors(checkpoint, tmp_path, monkeypatch):
         export.run(weights=checkpoint, include="onnx")
 
 
+def test_cli_bad_requests_exit_1_with_one_line_error(checkpoint, tmp_path):
+    records = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = records.append
+    LOGGER.addHandler(handler)  # LOGGER does not propagate, so caplog would see nothing
+    try:
+        for args, msg in ((["--weights", str(checkpoint), "--include", "tflite"], "--include tflite: unknown format"),
+                          (["--weights", str(tmp_path / "nope.pt"), "--include", "onnx"], "nope.pt' not found")):
+            records.clear()
+            assert export.main(export.parse_opt(args)) == 1
+            errors = [r.getMessage() for r in records]
+            assert len(errors) == 1 and msg in errors[0] and "\n" not in errors[0], errors
+    finally:
+        LOGGER.removeHandler(handler)
+
+
 def test_half_with_dynamic_rejected_before_any_work(checkpoint):
     # refused on any machine, before the device is looked at
     with pytest.raises(export.ExportError, match="--half and --dynamic cannot be combined"):
@@ -350,7 +366,7 @@ def test_simplify_uses_onnxslim_when_installed(outdir, tmp_path, monkeypatch):
     assert {p.key: p.value for p in onnx.load(str(f)).metadata_props}["stride"] == "32"
     monkeypatch.setitem(sys.modules, "onnxslim", None)  # not installed: a warning and the plain graph
     f2 = export.export_onnx(model, torch.zeros(1, 3, *FIXED), tmp_path / "s2.onnx", simplify=True, metadata=meta)
-    assert f2.is_file()
+    assert f2.is_file() and len(calls) == 1  # the uninstalled simplifier was not called
 
 
 

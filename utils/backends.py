@@ -113,6 +113,33 @@ def decode_raw(outputs: list[torch.Tensor], anchors_px, strides) -> torch.Tensor
     return torch.cat(z, 1)
 
 
+def onnx_session(w: str | Path, device: torch.device | str = "cpu", threads: int | None = None):
+    """ONNX Runtime session for w: CUDA provider first on a CUDA device (CPU otherwise, or as fallback); with
+    threads, that many intra-op threads and no inter-op pool, so a benchmark's --threads means what it says."""
+    w = str(w)
+    device = torch.device(device)
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ImportError(f"'{w}': ONNX weights need onnxruntime: pip install onnxruntime "
+                          "(or onnxruntime-gpu for CUDA)") from None
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+    elif device.type == "cuda":
+        LOGGER.warning("WARNING ⚠️ onnxruntime has no CUDA provider here (pip install onnxruntime-gpu); using CPU")
+    so = ort.SessionOptions()
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads:
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(w, sess_options=so, providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception types for corrupt/unsupported graphs
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BackendError(f"'{w}' cannot be loaded by onnxruntime: {msg}") from None
+
+
 class DetectBackend(nn.Module):
     """Run .pt/.pth (PyTorch), .torchscript or .onnx (ONNX Runtime) weights behind one forward()."""
 
@@ -175,7 +202,8 @@ class DetectBackend(nn.Module):
             if shape and not meta.get("dynamic", False):
                 self.fixed_batch, self.fixed_imgsz = int(shape[0]), (int(shape[2]), int(shape[3]))
         else:
-            self.session, meta = self._onnx_session(w, device, threads)
+            self.session = onnx_session(w, device, threads)
+            meta = dict(self.session.get_modelmeta().custom_metadata_map)
             inp = self.session.get_inputs()[0]
             self.input_name = inp.name
             self.output_names = [o.name for o in self.session.get_outputs()]
@@ -209,31 +237,6 @@ class DetectBackend(nn.Module):
         self.nc = int(nc) if nc is not None else len(names)
         if self.yaml is not None and "nc" not in self.yaml and self.nc:
             self.yaml["nc"] = self.nc
-
-    @staticmethod
-    def _onnx_session(w: str, device: torch.device, threads: int | None):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ImportError(f"'{w}': ONNX weights need onnxruntime: pip install onnxruntime "
-                              "(or onnxruntime-gpu for CUDA)") from None
-        available = ort.get_available_providers()
-        providers = ["CPUExecutionProvider"]
-        if device.type == "cuda" and "CUDAExecutionProvider" in available:
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
-        elif device.type == "cuda":
-            LOGGER.warning("WARNING ⚠️ onnxruntime has no CUDA provider here (pip install onnxruntime-gpu); using CPU")
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = int(threads)
-            so.inter_op_num_threads = 1
-        try:
-            session = ort.InferenceSession(w, sess_options=so, providers=providers)
-        except Exception as e:  # onnxruntime raises its own exception types for corrupt/unsupported graphs
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise BackendError(f"'{w}' cannot be loaded by onnxruntime: {msg}") from None
-        meta = dict(session.get_modelmeta().custom_metadata_map)
-        return session, meta
 
     def _check_shape(self, im: torch.Tensor) -> None:
         if self.fixed_imgsz is not None and tuple(im.shape[2:]) != tuple(self.fixed_imgsz):

@@ -21,18 +21,21 @@ class Callbacks:
 
     def register_action(self, hook: str, name: str = "", callback: Callable | None = None) -> None:
         """Subscribe callback to hook; an unknown hook name is an error listing the known ones."""
-        if hook not in self._callbacks:
-            raise ValueError(f"unknown callback hook '{hook}' (known: {', '.join(self._callbacks)})")
+        actions = self._actions(hook)
         if not callable(callback):
             raise ValueError(f"callback for '{hook}' must be callable, got {type(callback).__name__}")
-        self._callbacks[hook].append({"name": name, "callback": callback})
+        actions.append({"name": name, "callback": callback})
 
     def get_registered_actions(self, hook: str | None = None):
-        return self._callbacks[hook] if hook else self._callbacks
+        return self._actions(hook) if hook else self._callbacks
 
     def run(self, hook: str, *args, **kwargs) -> None:
         """Call every callback registered for hook with the given arguments."""
+        for entry in self._actions(hook):
+            entry["callback"](*args, **kwargs)
+
+    def _actions(self, hook: str) -> list[dict]:
+        # a misspelt hook would otherwise never fire, silently
         if hook not in self._callbacks:
             raise ValueError(f"unknown callback hook '{hook}' (known: {', '.join(self._callbacks)})")
-        for entry in self._callbacks[hook]:
-            entry["callback"](*args, **kwargs)
+        return self._callbacks[hook]

@@ -22,6 +22,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from utils.boxes import clip_boxes, xyxy2xywhn
 from utils.dataloaders import IMG_FORMATS, exif_size
 from utils.general import LOGGER
 
@@ -46,15 +47,10 @@ def _place(src: Path, dst: Path, mode: str) -> None:
 def _write_labels(path: Path, cls: np.ndarray, xyxy: np.ndarray, w: int, h: int) -> int:
     """Write normalised clipped boxes; boxes with no area after clipping are dropped. Returns rows written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    xyxy = xyxy.reshape(-1, 4).astype(np.float64)
-    xyxy[:, [0, 2]] = xyxy[:, [0, 2]].clip(0, w)
-    xyxy[:, [1, 3]] = xyxy[:, [1, 3]].clip(0, h)
+    xyxy = clip_boxes(xyxy.reshape(-1, 4).astype(np.float64), (h, w))
     keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
-    xyxy, cls = xyxy[keep], np.asarray(cls).reshape(-1)[keep]
-    cx, cy = (xyxy[:, 0] + xyxy[:, 2]) / 2 / w, (xyxy[:, 1] + xyxy[:, 3]) / 2 / h
-    bw, bh = (xyxy[:, 2] - xyxy[:, 0]) / w, (xyxy[:, 3] - xyxy[:, 1]) / h
-    path.write_text("".join(f"{int(c)} {a:.6f} {b:.6f} {d:.6f} {e:.6f}\n" for c, a, b, d, e in
-                            zip(cls, cx, cy, bw, bh)))
+    xywhn, cls = xyxy2xywhn(xyxy[keep], w, h), np.asarray(cls).reshape(-1)[keep]
+    path.write_text("".join(f"{int(c)} {a:.6f} {b:.6f} {d:.6f} {e:.6f}\n" for c, (a, b, d, e) in zip(cls, xywhn)))
     return int(keep.sum())
 
 
@@ -236,4 +232,8 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, OSError) as e:  # bad input folders/files: one line, not a traceback
+        LOGGER.error(f"ERROR ❌ {e}")
+        raise SystemExit(2) from None

@@ -63,6 +63,15 @@ def _group_starts(keys: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, np.int64)
 
 
+def _equal_key_pairs(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (i, j) with keys[i] == sorted_keys[j], i ascending then j ascending, without an n x m matrix."""
+    start = np.searchsorted(sorted_keys, keys, "left")
+    cnt = np.searchsorted(sorted_keys, keys, "right") - start
+    i = np.repeat(np.arange(len(keys)), cnt)
+    j = np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt) + np.repeat(start, cnt)
+    return i, j
+
+
 def match_coco(pred_img, pred_cls, pred_score, pred_box, gt_img, gt_cls, gt_box,
                iouv: np.ndarray = IOU_THRESHOLDS, max_det: int = COCO_MAX_DETS) -> tuple[np.ndarray, np.ndarray]:
     """COCOeval's greedy matching for many images at once.
@@ -104,15 +113,10 @@ def match_coco(pred_img, pred_cls, pred_score, pred_box, gt_img, gt_cls, gt_box,
         return keep, correct
 
     gorder = np.lexsort((gt_cls, gt_img))  # stable: json order inside each (image, class)
-    gkey = (gt_img * ncls + gt_cls)[gorder]
-    gs = np.searchsorted(gkey, skey, "left")
-    cnt = np.searchsorted(gkey, skey, "right") - gs
-    if not cnt.any():
-        return keep, correct
-
     # every (kept detection, same image-and-class ground truth) pair, detections in sorted order
-    pi = np.repeat(np.arange(len(order)), cnt)  # index into the sorted kept detections
-    gpos = np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt) + np.repeat(gs, cnt)
+    pi, gpos = _equal_key_pairs((gt_img * ncls + gt_cls)[gorder], skey)  # pi indexes the sorted kept detections
+    if not len(pi):
+        return keep, correct
     gi = gorder[gpos]  # original gt index (ascending inside a pair run because gorder is stable)
     iou = coco_pair_iou(pred_box[order[pi]], gt_box[gi])
     thr = np.minimum(iouv, 1 - 1e-10)  # COCOeval caps the threshold just below 1
@@ -292,7 +296,7 @@ class DetectionMetrics:
         tcls = np.concatenate(self._tcls) if self._tcls else np.zeros(0, np.int64)
         if len(conf):  # rows in image-id order, so equal scores rank as in COCOeval
             img_rank = np.empty(len(self._ids), np.int64)
-            img_rank[sorted(range(len(self._ids)), key=self._ids.__getitem__)] = np.arange(len(self._ids))
+            img_rank[np.argsort(self._ids, kind="stable")] = np.arange(len(self._ids))
             o = np.argsort(img_rank[np.concatenate(self._img)], kind="stable")
             correct, conf, cls = correct[o], conf[o], cls[o]
         tpc, fpc, p, r, f1, ap, classes, curves = ap_per_class(correct, conf, cls, tcls, plot, save_dir, names)
@@ -337,11 +341,7 @@ class ConfusionMatrix:
         matched_d = np.zeros(len(D), bool)
         matched_g = np.zeros(len(G), bool)
         if len(D) and len(G):
-            # only same-image (gt, det) pairs; both lists are already grouped by image
-            gs = np.searchsorted(gimg, dimg, "left")
-            cnt = np.searchsorted(gimg, dimg, "right") - gs
-            di = np.repeat(np.arange(len(D)), cnt)
-            gi = np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt) + np.repeat(gs, cnt)
+            di, gi = _equal_key_pairs(gimg, dimg)  # same-image pairs only: no n x m matrix across the batch
             a, b = G[gi, 1:5], D[di, :4]
             inter = (np.minimum(a[:, 2:], b[:, 2:]) - np.maximum(a[:, :2], b[:, :2])).clip(0).prod(1)
             iou = inter / ((a[:, 2:] - a[:, :2]).prod(1) + (b[:, 2:] - b[:, :2]).prod(1) - inter + 1e-7)

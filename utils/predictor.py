@@ -153,10 +153,7 @@ def load_backend(weights, device: torch.device = torch.device("cpu"), fp16: bool
     if isinstance(weights, nn.Module):
         backend = TorchModelBackend(weights, device, fp16)
     else:
-        w = str(weights[0] if isinstance(weights, (list, tuple)) else weights)
-        if not Path(w).is_file():
-            raise FileNotFoundError(f"weights file '{w}' not found")
-        backend = DetectBackend(w, device=device, fp16=fp16, fuse=fuse, data=data)
+        backend = DetectBackend(weights, device=device, fp16=fp16, fuse=fuse, data=data)  # checks the file
     names = names_from_data(data)
     if names and (not backend.names or all(v == f"class{k}" for k, v in backend.names.items())):
         backend.names = names  # the file carried only placeholder names

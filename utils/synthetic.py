@@ -162,7 +162,7 @@ def _is_current(root: Path, stamp: dict) -> bool | None:
             return False
     readme = root / "README.txt"
     if readme.is_file() and readme.read_text(errors="ignore").startswith("Synthetic shapes dataset"):
-        return stamp["version"] == 1  # version 1 wrote no stamp
+        return False  # version 1 wrote a README but no stamp: stale
     return None
 
 

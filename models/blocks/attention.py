@@ -1,19 +1,16 @@
 """Channel and spatial attention: squeeze-and-excitation (Hu et al., 2018) and CBAM (Woo et al., 2018)."""
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn as nn
 
-from models.registry import Row, YamlError, register
+from models.blocks.conv import make_act
+from models.registry import Row, _single_input, register
 
 
 def keep_channels(row: Row):
     """Attention rows are [*options]: the block is built as (c1, *options) and keeps c1 channels."""
-    c1 = row.c_in
-    if isinstance(c1, (list, tuple)):
-        raise YamlError("attention takes one single-output layer as input")
+    c1 = _single_input(row)
     return [c1, *row.args], c1, row.n
 
 
@@ -28,9 +25,9 @@ class SE(nn.Module):
         c_ = int(c_sq) if c_sq >= 1 else max(1, int(c1 * c_sq))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc1 = nn.Conv2d(c1, c_, 1)
-        self.act = copy.deepcopy(act) if act is not None else nn.ReLU()
+        self.act = make_act(act if act is not None else nn.ReLU())
         self.fc2 = nn.Conv2d(c_, c1, 1)
-        self.gate = copy.deepcopy(gate) if gate is not None else nn.Sigmoid()
+        self.gate = make_act(gate if gate is not None else nn.Sigmoid())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gate(self.fc2(self.act(self.fc1(self.pool(x)))))

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from models.blocks.attention import SE
-from models.blocks.conv import Conv
+from models.blocks.conv import Conv, DWConv
 from models.registry import register
 
 
@@ -36,15 +36,11 @@ class FusedMBConv(nn.Module):
 
     def __init__(self, c1: int, c2: int, k: int = 3, s: int = 1, e: float = 1, se: float = 0, dp: float = 0.0):
         super().__init__()
-        c_ = int(c1 * e)
-        if e != 1:
-            self.expand = Conv(c1, c_, k, s)
-            self.se = SE(c_, max(1, int(c1 * se)), nn.SiLU()) if se > 0 else nn.Identity()
-            self.project = Conv(c_, c2, 1, 1, act=False)
-        else:  # a single kxk conv with activation, as torchvision builds it
-            self.expand = Conv(c1, c2, k, s)
-            self.se = SE(c2, max(1, int(c1 * se)), nn.SiLU()) if se > 0 else nn.Identity()
-            self.project = nn.Identity()
+        # e == 1: the kxk conv (with activation) writes c2 directly and there is no projection, as in torchvision
+        c_ = int(c1 * e) if e != 1 else c2
+        self.expand = Conv(c1, c_, k, s)
+        self.se = SE(c_, max(1, int(c1 * se)), nn.SiLU()) if se > 0 else nn.Identity()
+        self.project = Conv(c_, c2, 1, 1, act=False) if e != 1 else nn.Identity()
         self.add = s == 1 and c1 == c2
         self.drop_path = DropPath(dp) if self.add and dp > 0 else nn.Identity()
 
@@ -62,7 +58,7 @@ class MBConv(nn.Module):
         super().__init__()
         c_ = int(c1 * e)
         self.expand = Conv(c1, c_, 1, 1) if e != 1 else nn.Identity()
-        self.dw = Conv(c_, c_, k, s, g=c_)
+        self.dw = DWConv(c_, c_, k, s)
         self.se = SE(c_, max(1, int(c1 * se)), nn.SiLU()) if se > 0 else nn.Identity()
         self.project = Conv(c_, c2, 1, 1, act=False)
         self.add = s == 1 and c1 == c2

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from models.blocks.attention import SE
 from models.blocks.conv import Conv, DWConv
-from models.registry import Row, YamlError, register
+from models.registry import Row, YamlError, channels, register
 
 
 def round_channels(v: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -43,7 +43,7 @@ class MobileNetV2_Block(nn.Module):
         act = act if act is not None else nn.ReLU()  # the measured yaml uses ReLU; torchvision uses ReLU6
         c_ = int(round(c1 * t))
         self.expand = Conv(c1, c_, 1, 1, act=act) if t != 1 else nn.Identity()
-        self.dw = Conv(c_, c_, 3, s, g=c_, act=act)
+        self.dw = DWConv(c_, c_, 3, s, act=act)
         self.project = Conv(c_, c2, 1, 1, act=False)  # linear bottleneck: no activation on the narrow output
         self.add = s == 1 and c1 == c2
 
@@ -69,11 +69,9 @@ def mobilenetv3_args(row: Row):
     """Rows are [c2, c_exp, k, s, se, hs]: both the output and the expanded width follow width_multiple."""
     if len(row.args) < 2:
         raise YamlError("MobileNetV3_Block needs [c2, c_exp, (k, s, se, hs)]")
-    c1 = row.c_in
-    if isinstance(c1, (list, tuple)):
-        raise YamlError("MobileNetV3_Block takes one single-output layer as input")
-    c2, c_exp = row.scale_width(row.args[0]), row.scale_width(row.args[1])
-    return [c1, c2, c_exp, *row.args[2:]], c2, row.n
+    args, c2, n = channels(row)  # [c1, c2, c_exp, ...]
+    args[2] = row.scale_width(args[2])
+    return args, c2, n
 
 
 @register
@@ -88,7 +86,7 @@ class MobileNetV3_Block(nn.Module):
         act = nn.Hardswish() if hs else nn.ReLU()
         # torchvision skips the expansion when it would not change the width
         self.expand = Conv(c1, c_exp, 1, 1, act=act) if c_exp != c1 else nn.Identity()
-        self.dw = Conv(c_exp, c_exp, k, s, g=c_exp, act=act)
+        self.dw = DWConv(c_exp, c_exp, k, s, act=act)
         self.se = SE(c_exp, round_channels(c_exp // 4, 8), nn.ReLU(), nn.Hardsigmoid()) if se else nn.Identity()
         self.project = Conv(c_exp, c2, 1, 1, act=False)
         self.add = s == 1 and c1 == c2

@@ -6,18 +6,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.blocks.attention import SE
-from models.blocks.conv import Conv, make_act
+from models.blocks.conv import Conv, fuse_conv_and_bn, make_act
 from models.registry import register
 
 
-def _fold(conv: nn.Conv2d, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """(kernel, bias) of conv followed by an eval-mode BN (or by Identity when the BN is already folded)."""
-    w = conv.weight.detach()
-    b = conv.bias.detach() if conv.bias is not None else torch.zeros(w.shape[0], device=w.device, dtype=w.dtype)
-    if isinstance(bn, nn.BatchNorm2d):
-        scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-        return w * scale.view(-1, 1, 1, 1), bn.bias.detach() + (b - bn.running_mean) * scale
-    return w, b
+def _fold(unit: Conv) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kernel, bias) of a Conv unit with its BN folded in; Conv.reparameterize may already have folded it."""
+    conv = fuse_conv_and_bn(unit.conv, unit.bn) if isinstance(unit.bn, nn.BatchNorm2d) else unit.conv
+    return conv.weight.detach(), conv.bias.detach()
 
 
 @register
@@ -32,12 +28,15 @@ class RepVGGBlock(nn.Module):
             raise ValueError(f"RepVGGBlock kernel must be odd and >= 3, got {k}")
         if c1 % g or c2 % g:
             raise ValueError(f"RepVGGBlock groups {g} must divide both input ({c1}) and output ({c2}) channels")
-        self.c1, self.k, self.g = c1, k, g
         self.dense = Conv(c1, c2, k, s, g=g, act=False)
         self.one = Conv(c1, c2, 1, s, p=0, g=g, act=False)
         self.identity = nn.BatchNorm2d(c1) if c1 == c2 and s == 1 else None
         self.se = SE(c2, max(1, c2 // 16)) if se else nn.Identity()  # RepVGG-SE: gate on the summed branches
         self.act = make_act(act if act is not None else nn.ReLU())  # RepVGG's ReLU unless told otherwise
+
+    @property
+    def g(self) -> int:
+        return self.dense.conv.groups
 
     @property
     def fused(self) -> bool:
@@ -53,18 +52,18 @@ class RepVGGBlock(nn.Module):
 
     def equivalent_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One kxk kernel and bias equal (in eval mode) to the sum of the three branches."""
-        w, b = _fold(self.dense.conv, self.dense.bn)
+        w, b = _fold(self.dense)
+        k, c1 = w.shape[-1], self.dense.conv.in_channels
         if self.one is not None:
-            w1, b1 = _fold(self.one.conv, self.one.bn)
-            pad = self.k // 2
+            w1, b1 = _fold(self.one)
+            pad = k // 2
             w = w + F.pad(w1, [pad, pad, pad, pad])  # the 1x1 kernel sits at the centre tap
             b = b + b1
         if self.identity is not None:
             # grouped conv: output channel i reads input channel i from within its group, i.e. slot i mod (c/g)
-            cg = self.c1 // self.g
-            idx = torch.arange(self.c1, device=w.device)
+            idx = torch.arange(c1, device=w.device)
             eye = torch.zeros_like(w)
-            eye[idx, idx % cg, self.k // 2, self.k // 2] = 1.0
+            eye[idx, idx % (c1 // self.g), k // 2, k // 2] = 1.0
             bn = self.identity
             scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
             w = w + eye * scale.view(-1, 1, 1, 1)
@@ -76,11 +75,7 @@ class RepVGGBlock(nn.Module):
         if self.fused:
             return
         w, b = self.equivalent_kernel_bias()
-        c = self.dense.conv
-        conv = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation, c.groups,
-                         bias=True).to(w.device)
-        conv.weight.data.copy_(w)
-        conv.bias.data.copy_(b)
-        conv.requires_grad_(False)
-        self.dense.conv, self.dense.bn = conv, nn.Identity()
+        self.dense.reparameterize()  # turns dense into a frozen biased conv; its values are replaced next
+        self.dense.conv.weight.data.copy_(w)
+        self.dense.conv.bias.data.copy_(b)
         self.one, self.identity = None, None

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.blocks.conv import Conv
+from models.blocks.conv import Conv, DWConv
 from models.registry import register
 
 
@@ -47,12 +47,12 @@ class ShuffleNetV2_Block(nn.Module):  # noqa: N801
         c_ = c2 // 2
         self.s = s
         if s == 2:
-            self.branch1 = nn.Sequential(Conv(c1, c1, 3, s, g=c1, act=False), Conv(c1, c_, 1, 1, act=nn.ReLU()))
+            self.branch1 = nn.Sequential(DWConv(c1, c1, 3, s, act=False), Conv(c1, c_, 1, 1, act=nn.ReLU()))
         else:
             self.branch1 = nn.Identity()  # stride 1: the left half passes through untouched
         c_in = c1 if s == 2 else c_
         self.branch2 = nn.Sequential(Conv(c_in, c_, 1, 1, act=nn.ReLU()),
-                                     Conv(c_, c_, 3, s, g=c_, act=False),
+                                     DWConv(c_, c_, 3, s, act=False),
                                      Conv(c_, c_, 1, 1, act=nn.ReLU()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

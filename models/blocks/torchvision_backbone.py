@@ -19,10 +19,8 @@ import torch.nn as nn
 import torchvision
 
 from models.blocks.conv import fuse_conv_and_bn
-from models.registry import Row, YamlError, register
-from utils.general import LOGGER
-
-ROOT = Path(__file__).resolve().parents[2]
+from models.registry import Row, YamlError, _single_input, register
+from utils.general import LOGGER, ROOT
 
 
 @dataclass(frozen=True)
@@ -94,7 +92,11 @@ def load_state_dict_file(path: str | Path) -> dict:
         p = ROOT / p
     if not p.is_file():
         raise FileNotFoundError(f"ImageNet weights file not found: {path} (also looked in {ROOT})")
-    sd = torch.load(p, map_location="cpu", weights_only=True)
+    try:
+        sd = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, pickled whole model, not a torch file: one line, not a traceback
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{p}: not a readable torchvision state_dict ({msg})") from None
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
@@ -107,10 +109,7 @@ def torchvision_backbone_args(row: Row):
     """Rows are [name, (weights)]: built as (c1, name, weights); the layer outputs a list of three widths."""
     if not row.args or not isinstance(row.args[0], str):
         raise YamlError(f"TorchVisionBackbone needs a torchvision model name first, one of {', '.join(BACKBONES)}")
-    c1 = row.c_in
-    if isinstance(c1, (list, tuple)):
-        raise YamlError("TorchVisionBackbone reads an image-like single input")
-    return [c1, *row.args], list(_spec(row.args[0]).channels), 1
+    return [_single_input(row), *row.args], list(_spec(row.args[0]).channels), 1
 
 
 @register

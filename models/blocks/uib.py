@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.blocks.conv import Conv
+from models.blocks.conv import Conv, DWConv
 from models.blocks.csp import CSPBase
 from models.blocks.mobilenet import round_channels
 from models.registry import register
@@ -37,9 +37,9 @@ class UIB(nn.Module):
         if s == 2 and not (k_start or k_mid):
             raise ValueError("a stride-2 UIB needs a start or middle depthwise conv (the FFN variant has neither)")
         c_ = round_channels(c1 * e, 8)
-        self.dw_start = Conv(c1, c1, k_start, s_start, g=c1, act=False) if k_start else nn.Identity()
+        self.dw_start = DWConv(c1, c1, k_start, s_start, act=False) if k_start else nn.Identity()
         self.expand = Conv(c1, c_, 1, 1, act=act)
-        self.dw_mid = Conv(c_, c_, k_mid, s_mid, g=c_, act=act) if k_mid else nn.Identity()
+        self.dw_mid = DWConv(c_, c_, k_mid, s_mid, act=act) if k_mid else nn.Identity()
         self.project = Conv(c_, c2, 1, 1, act=False)
         self.add = shortcut and s == 1 and c1 == c2
 
