@@ -22,7 +22,6 @@ import datetime
 import logging
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import export  # noqa: E402
-from benchmarks import cpu_model, timed_runs  # noqa: E402  (ROOT/benchmarks.py, not this folder)
+from benchmarks import cpu_model, time_callables  # noqa: E402  (ROOT/benchmarks.py, not this folder)
 from models.yolo import Model  # noqa: E402
 from utils.backends import DetectBackend, onnx_session  # noqa: E402
 from utils.checkpoint import make_checkpoint, save_checkpoint  # noqa: E402
@@ -56,23 +55,6 @@ def load_avg() -> str:
         return f"{os.getloadavg()[0]:.2f}"
     except OSError:
         return "n/a"
-
-
-def time_callables(fns: dict, runs: int, warmup: int, block: int = 10) -> dict[str, float]:
-    """Median ms per callable (and the fastest run, as '<name>_min'). Callables take turns in blocks of `block`
-    back-to-back calls, each block after one untimed call: a slow stretch of the machine then hits every column
-    alike, while each timed call still finds its runtime's threads awake and its weights in cache. (Turns of single
-    calls would time every call cold: measured here, that adds ~2 ms to a 3 ms ONNX Runtime run after a PyTorch one.)"""
-    times = {k: [] for k in fns}
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    while min(len(v) for v in times.values()) < runs:
-        for k, fn in fns.items():
-            times[k] += timed_runs(fn, min(block, runs - len(times[k])), warmup=1)
-    out = {k: statistics.median(v) for k, v in times.items()}
-    out.update({f"{k}_min": min(v) for k, v in times.items()})
-    return out
 
 
 def bench_cfg(cfg: str, imgszs: list[int], work: Path, data: str, threads: int, runs: int, warmup: int,

@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -20,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import cpu_model  # noqa: E402  (ROOT/benchmarks.py, not this folder)
+from benchmarks import cpu_model, time_callables  # noqa: E402  (ROOT/benchmarks.py, not this folder)
 from models.yolo import Model  # noqa: E402
 from utils.torch_utils import model_flops  # noqa: E402
 
@@ -37,19 +35,13 @@ def prepare(cfg: str) -> tuple[dict, torch.nn.Module]:
     return row, model.fuse(verbose=False).eval()
 
 
-def time_models(models: list[torch.nn.Module], imgsz: int = 320, runs: int = 10, warmup: int = 2) -> list[list[float]]:
-    """Per-model forward times (ms, batch 1). Models take turns run by run, so a burst of load from other processes
-    hits every model alike instead of whichever happened to be running."""
+def time_models(models: list[torch.nn.Module], imgsz: int = 320, runs: int = 10, warmup: int = 2) -> list[dict]:
+    """Median and fastest forward time (ms, batch 1) per model, models taking turns in blocks of back-to-back runs
+    (benchmarks.time_callables): a burst of load hits every model alike and each timed run finds a warm cache."""
     x = torch.rand(1, 3, imgsz, imgsz)
-    times: list[list[float]] = [[] for _ in models]
     with torch.inference_mode():
-        for r in range(warmup + runs):
-            for m, t in zip(models, times):
-                t0 = time.perf_counter()
-                m(x)
-                if r >= warmup:
-                    t.append((time.perf_counter() - t0) * 1000)
-    return times
+        t = time_callables({i: (lambda m=m: m(x)) for i, m in enumerate(models)}, runs, warmup, block=5)
+    return [{"latency_ms": t[f"{i}_min"], "median_ms": t[i]} for i in range(len(models))]
 
 
 def bench_models(cfgs: list[str], imgsz: int = 320, runs: int = 10, warmup: int = 2) -> list[dict]:
@@ -57,7 +49,7 @@ def bench_models(cfgs: list[str], imgsz: int = 320, runs: int = 10, warmup: int 
     from tqdm import tqdm
     prepared = [prepare(c) for c in tqdm(cfgs, desc="building")]
     times = time_models([m for _, m in prepared], imgsz, runs, warmup)
-    return [{**row, "latency_ms": min(t), "median_ms": statistics.median(t)} for (row, _), t in zip(prepared, times)]
+    return [{**row, **t} for (row, _), t in zip(prepared, times)]
 
 
 def markdown_table(rows: list[dict], imgsz: int, runs: int, threads: int, command: str = COMMAND,
