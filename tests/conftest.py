@@ -1,3 +1,7 @@
+from __future__ import annotations
+
+import contextlib
+import logging
 import sys
 from pathlib import Path
 
@@ -21,3 +25,48 @@ def reference():
     if not REFERENCE.is_file():
         pytest.skip(f"numeric oracle not found at {REFERENCE}")
     return torch.load(REFERENCE, map_location="cpu", weights_only=True)
+
+
+class LogLines(list):
+    """The messages a logger emitted, in order; `.text` is what a plain StreamHandler would have printed."""
+
+    @property
+    def text(self) -> str:
+        return "".join(f"{m}\n" for m in self)
+
+
+class _Collect(logging.Handler):
+    def __init__(self, sink: LogLines, level: int):
+        super().__init__(level)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _capture(logger: logging.Logger | None = None, level: int = logging.NOTSET):
+    if logger is None:
+        from utils.general import LOGGER as logger
+    lines = LogLines()
+    handler = _Collect(lines, level)
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+
+
+@pytest.fixture(scope="session")
+def capture_log():
+    """`with capture_log() as lines:` collects what the project LOGGER emits inside the block (it does not propagate
+    to the root logger, so caplog sees nothing). Optional: another `logger`, a minimum `level`. Session-scoped so
+    module-scoped fixtures can use it; each block removes its own handler on exit."""
+    return _capture
+
+
+@pytest.fixture
+def log_lines(capture_log):
+    """LogLines of everything the project LOGGER emits during the test."""
+    with capture_log() as lines:
+        yield lines

@@ -1,7 +1,6 @@
 """AutoAnchor: BPR maths, keep/replace decisions, k-means anchor evolution."""
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,6 @@ sys.path.insert(0, str(ROOT))
 
 import utils.autoanchor as aa  # noqa: E402
 from utils.autoanchor import anchor_metrics, check_anchor_order, check_anchors, kmean_anchors, kmeans  # noqa: E402
-from utils.general import LOGGER  # noqa: E402
 
 ANCHORS_PX = torch.tensor([[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]],
                           dtype=torch.float32).view(3, 3, 2)
@@ -52,16 +50,6 @@ class FakeDataset:
 def clustered_wh(centres, n_each: int = 60, spread: float = 0.05, seed: int = 0) -> np.ndarray:
     rng = np.random.RandomState(seed)
     return np.concatenate([np.asarray(c) * np.exp(rng.randn(n_each, 2) * spread) for c in centres])
-
-
-@pytest.fixture
-def log_lines():
-    lines = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())
-    LOGGER.addHandler(handler)
-    yield lines
-    LOGGER.removeHandler(handler)
 
 
 def test_bpr_and_aat_exact():

@@ -6,7 +6,6 @@ import copy
 import importlib.util
 import io
 import itertools
-import logging
 
 import pytest
 import torch
@@ -21,7 +20,6 @@ from models.blocks.efficientnet import DropPath
 from models.blocks.shufflenet import channel_shuffle
 from models.registry import YamlError
 from models.yolo import ROOT, Model
-from utils.general import LOGGER
 from utils.torch_utils import model_flops
 from utils.transfer import transfer_mobilenet_v2
 
@@ -359,29 +357,16 @@ def test_torchvision_backbone_loads_local_imagenet_weights(tmp_path, name):
     assert TorchVisionBackbone(3, name).load_weights(partial) == (total - 3, total)
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-def test_torchvision_backbone_weights_from_yaml_and_missing_file(tmp_path):
+def test_torchvision_backbone_weights_from_yaml_and_missing_file(tmp_path, capture_log):
     path = tmp_path / "sn.pth"
     torch.save({"model": torchvision.models.shufflenet_v2_x0_5(weights=None).state_dict()}, path)
     d = yaml_dict("yolov5n_tv_shufflenet_v2_x0_5.yaml")
     d["backbone"][0][3] = ["shufflenet_v2_x0_5", str(path)]
-    records = _Records()
-    LOGGER.addHandler(records)
-    try:
+    with capture_log() as records:
         model = Model(d, verbose=False)
-    finally:
-        LOGGER.removeHandler(records)
     n = len(model.model[0].body.state_dict())
     assert model.model[0].loaded == (n, n)
-    assert any(f"transferred {n}/{n} tensors from {path}" in m for m in records.messages)
+    assert any(f"transferred {n}/{n} tensors from {path}" in m for m in records)
     d["backbone"][0][3] = ["shufflenet_v2_x0_5", str(tmp_path / "absent.pth")]
     with pytest.raises(FileNotFoundError, match="absent.pth"):
         Model(d, verbose=False)

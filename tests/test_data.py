@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 from pathlib import Path
@@ -14,7 +13,6 @@ import torch
 import yaml
 from PIL import Image
 
-from utils import dataloaders as dl
 from utils.augmentations import (DEFAULT_AUGMENT_HYP, box_candidates, copy_paste, letterbox, mixup, multi_scale,
                                  random_perspective)
 from utils.boxes import scale_boxes, xywhn2xyxy
@@ -29,23 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # one saturated colour per class (BGR), far apart so every pixel can be attributed to a class
 CLASS_BGR = np.array([[0, 0, 255], [0, 255, 0], [255, 0, 0]], dtype=np.float64)
 BG = 255  # white background, distinct from the 114 grey padding
-
-
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture
-def logs():
-    h = _Records()
-    dl.LOGGER.addHandler(h)
-    yield h.messages
-    dl.LOGGER.removeHandler(h)
 
 
 def _write(root: Path, split: str, stem: str, im: np.ndarray | None, rows: list | str | None, ext: str = "png"):
@@ -233,7 +214,7 @@ def _jpeg_bytes(h=32, w=32, seed=0) -> bytes:
     return cv2.imencode(".jpg", noisy)[1].tobytes()
 
 
-def test_label_verification_reports_each_bad_file(tmp_path, logs):
+def test_label_verification_reports_each_bad_file(tmp_path, log_lines):
     root = tmp_path / "v"
     ok = np.full((32, 32, 3), 90, np.uint8)
     _write(root, "train", "good", ok, [[0, 0.5, 0.5, 0.2, 0.2]])
@@ -257,21 +238,21 @@ def test_label_verification_reports_each_bad_file(tmp_path, logs):
     ds = LoadImagesAndLabels(root / "images" / "train", img_size=32, nc=3)
     usable = sorted(Path(f).stem for f in ds.im_files)
     assert usable == ["dup", "emptylabel", "good", "nolabel"]
-    assert any("4 images, 2 backgrounds, 9 corrupt" in m for m in logs)
+    assert any("4 images, 2 backgrounds, 9 corrupt" in m for m in log_lines)
     expect = {"zero.jpg": "0 bytes", "garbage.jpg": "cannot identify", "trunc.jpg": "truncated",
               "tiny.png": "< 10 pixels", "cols.txt": "line 1: expected 5 columns", "nonnum.txt": "line 2: non-numeric",
               "neg.txt": "line 1: negative", "big.txt": "line 1: coordinate 1.2 > 1", "cls.txt": "line 2: class id 7",
               "dup.txt": "1 duplicate labels removed"}
     for name, why in expect.items():
-        hits = [m for m in logs if name in m and "WARNING" in m]
+        hits = [m for m in log_lines if name in m and "WARNING" in m]
         assert len(hits) == 1 and why in hits[0], (name, hits)
     dup = ds.labels[usable.index("dup")]
     assert dup.shape == (2, 5) and dup.dtype == np.float32
     assert ds.shapes.shape == (4, 2)
 
-    logs.clear()  # warnings are replayed from the cache, class check applies again
+    log_lines.clear()  # warnings are replayed from the cache, class check applies again
     ds2 = LoadImagesAndLabels(root / "images" / "train", img_size=32, nc=3)
-    assert ds2.cache_loaded and len(ds2) == 4 and any("trunc.jpg" in m for m in logs)
+    assert ds2.cache_loaded and len(ds2) == 4 and any("trunc.jpg" in m for m in log_lines)
     assert len(LoadImagesAndLabels(root / "images" / "train", img_size=32)) == 5  # no nc: class 7 accepted
     assert len(LoadImagesAndLabels(root / "images" / "train", img_size=32, nc=1, single_cls=True)) == 5
 

@@ -5,7 +5,6 @@ boxes (file-output tests), and one trained for ~20 s on generated squares/circle
 """
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from detect import main, parse_opt, run
 from models.yolo import Model
 from utils.boxes import box_iou_np, xywhn2xyxy
 from utils.checkpoint import make_checkpoint, save_checkpoint
-from utils.general import LOGGER
 from utils.predictor import load
 from utils.sources import LoadFiles, LoadStreams, SourceError, open_source
 
@@ -71,17 +69,6 @@ def video_info(path: Path) -> tuple[int, float, int, int]:
     cap.release()
     return n, fps, w, h
 
-
-
-@pytest.fixture
-def logs():
-    """Lines LOGGER emits during a test (it does not propagate to the root logger, so caplog cannot see them)."""
-    lines: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())
-    LOGGER.addHandler(handler)
-    yield lines
-    LOGGER.removeHandler(handler)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +126,7 @@ def images(tmp_path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ file outputs
-def test_folder_outputs_and_bad_image_skipped(untrained, images, tmp_path, logs):
+def test_folder_outputs_and_bad_image_skipped(untrained, images, tmp_path, log_lines):
     save_dir = run(untrained, images, imgsz=64, conf_thres=0.0, max_det=2, save_txt=True, save_conf=True,
                    save_crop=True, project=tmp_path / "runs", name="exp")
     assert save_dir == tmp_path / "runs" / "exp"
@@ -153,16 +140,16 @@ def test_folder_outputs_and_bad_image_skipped(untrained, images, tmp_path, logs)
         assert set(rows[:, 0]) <= {0, 1} and (rows[:, 1:] >= 0).all() and (rows[:, 1:5] <= 1).all()
     crops = sorted(save_dir.glob("crops/*/*.jpg"))
     assert len(crops) == 6 and {p.parent.name for p in crops} <= set(NAMES.values())
-    assert any("broken.jpg" in line and "skipping" in line for line in logs)
-    per_image = [line for line in logs if line.startswith("image ")]
+    assert any("broken.jpg" in line and "skipping" in line for line in log_lines)
+    per_image = [line for line in log_lines if line.startswith("image ")]
     assert len(per_image) == 3 and per_image[0].startswith("image 2/4 ") and per_image[0].endswith("ms")
     assert re.search(r": 64x64 (\d+ (square|circle)s?, )+[\d.]+ms$", per_image[0])  # input size, counts, time
-    assert any(f"\n3 labels saved to {save_dir / 'labels'}" in line for line in logs)
+    assert any(f"\n3 labels saved to {save_dir / 'labels'}" in line for line in log_lines)
     # a second run goes to exp2
     assert run(untrained, images / "im0.jpg", imgsz=64, project=tmp_path / "runs", name="exp").name == "exp2"
 
 
-def test_cli_flags_filter_and_hide(untrained, images, tmp_path, logs):
+def test_cli_flags_filter_and_hide(untrained, images, tmp_path, log_lines):
     opt = parse_opt(["--weights", str(untrained), "--source", str(images), "--imgsz", "64", "--conf-thres", "0",
                      "--max-det", "3", "--classes", "1", "--save-txt", "--nosave", "--view-img", "--hide-labels",
                      "--project", str(tmp_path / "r"), "--name", "cli"])
@@ -172,7 +159,7 @@ def test_cli_flags_filter_and_hide(untrained, images, tmp_path, logs):
     assert not list(out.glob("*.jpg"))  # --nosave
     rows = np.concatenate([read_labels(p) for p in out.glob("labels/*.txt")])
     assert rows.shape[1] == 5 and (rows[:, 0] == 1).all()  # --classes 1, no --save-conf
-    assert any("--view-img" in line for line in logs)  # headless OpenCV: warned and ignored
+    assert any("--view-img" in line for line in log_lines)  # headless OpenCV: warned and ignored
 
 
 def test_labels_match_python_api(untrained, images, tmp_path):
@@ -185,14 +172,14 @@ def test_labels_match_python_api(untrained, images, tmp_path):
     np.testing.assert_allclose(rows[:, 5], det.conf, rtol=1e-4)
 
 
-def test_video_outputs_same_fps_and_size(untrained, tmp_path, logs):
+def test_video_outputs_same_fps_and_size(untrained, tmp_path, log_lines):
     rng = np.random.default_rng(2)
     frames = [draw(rng, 96, 64)[0] for _ in range(12)]
     src = write_video(tmp_path / "clip.mp4", frames, fps=12)
     save_dir = run(untrained, src, imgsz=96, conf_thres=0.0, max_det=1, save_txt=True, project=tmp_path, name="v")
     assert video_info(save_dir / "clip.mp4") == (12, 12.0, 96, 64)
     assert sorted(p.name for p in save_dir.glob("labels/*.txt")) == sorted(f"clip_{i}.txt" for i in range(1, 13))
-    assert any(line.startswith("video 1/1 (12/12) ") for line in logs)
+    assert any(line.startswith("video 1/1 (12/12) ") for line in log_lines)
     # --vid-stride 3: frames 0, 3, 6, 9
     save_dir = run(untrained, src, imgsz=96, conf_thres=0.0, max_det=1, save_txt=True, vid_stride=3,
                    project=tmp_path, name="v")
@@ -200,7 +187,7 @@ def test_video_outputs_same_fps_and_size(untrained, tmp_path, logs):
     assert len(list(save_dir.glob("labels/clip_*.txt"))) == 4
 
 
-def test_video_with_corrupt_tail(untrained, tmp_path, logs):
+def test_video_with_corrupt_tail(untrained, tmp_path, log_lines):
     rng = np.random.default_rng(3)
     src = write_video(tmp_path / "cut.avi", [draw(rng)[0] for _ in range(20)], fourcc="MJPG")
     data = src.read_bytes()
@@ -208,7 +195,7 @@ def test_video_with_corrupt_tail(untrained, tmp_path, logs):
     save_dir = run(untrained, src, imgsz=64, conf_thres=0.0, max_det=1, save_txt=True, project=tmp_path, name="c")
     n = video_info(save_dir / "cut.mp4")[0]
     assert 0 < n < 20 and len(list(save_dir.glob("labels/*.txt"))) == n
-    assert any("cut.avi" in line and "truncated" in line for line in logs)
+    assert any("cut.avi" in line and "truncated" in line for line in log_lines)
 
 
 def test_glob_and_txt_list_sources(images, tmp_path):
@@ -221,7 +208,7 @@ def test_glob_and_txt_list_sources(images, tmp_path):
         LoadFiles(lst)
 
 
-def test_bad_sources_give_one_line_errors(untrained, tmp_path, images, logs):
+def test_bad_sources_give_one_line_errors(untrained, tmp_path, images, log_lines):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.txt").write_text("no images here")
@@ -238,18 +225,18 @@ def test_bad_sources_give_one_line_errors(untrained, tmp_path, images, logs):
             run(untrained, src, imgsz=64, project=tmp_path / "runs")
     assert not (tmp_path / "runs").exists()  # no empty run folders left behind by bad sources
     opt = parse_opt(["--weights", str(untrained), "--source", str(tmp_path / "nope.jpg")])
-    logs.clear()
+    log_lines.clear()
     assert main(opt) == 1
-    errors = [line for line in logs if line.startswith("ERROR")]
+    errors = [line for line in log_lines if line.startswith("ERROR")]
     assert len(errors) == 1 and "nope.jpg" in errors[0] and "\n" not in errors[0]
     opt = parse_opt(["--weights", str(tmp_path / "missing.pt"), "--source", str(images)])
-    assert main(opt) == 1 and "missing.pt" in logs[-1]
+    assert main(opt) == 1 and "missing.pt" in log_lines[-1]
 
 
-def test_imgsz_rounded_to_stride_with_warning(untrained, logs):
+def test_imgsz_rounded_to_stride_with_warning(untrained, log_lines):
     p = load(untrained, imgsz=70)
     assert p.imgsz == (96, 96)
-    assert any("multiple of max stride 32" in line for line in logs)
+    assert any("multiple of max stride 32" in line for line in log_lines)
     assert load(untrained, imgsz=[64, 100]).imgsz == (64, 128)
 
 

@@ -26,7 +26,6 @@ if str(ROOT) not in sys.path:
 import export  # noqa: E402
 from models.yolo import Model  # noqa: E402
 from utils.backends import BackendError, DetectBackend, decode_raw, parse_names  # noqa: E402
-from utils.general import LOGGER  # noqa: E402
 from utils.nms import non_max_suppression  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
@@ -264,16 +263,10 @@ def test_run_writes_files_next_to_weights_with_metadata(checkpoint):
             DetectBackend(files[0])(torch.zeros(1, 3, 64, 64))
 
 
-def test_imgsz_rounded_to_stride_with_warning(checkpoint, tmp_path):
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    LOGGER.addHandler(handler)
-    try:
+def test_imgsz_rounded_to_stride_with_warning(checkpoint, tmp_path, capture_log):
+    with capture_log() as records:
         f = export.run(weights=checkpoint, imgsz=[70], include="onnx", file=tmp_path / "r")[0]
-    finally:
-        LOGGER.removeHandler(handler)
-    assert any("multiple of max stride 32" in r.getMessage() for r in records)
+    assert any("multiple of max stride 32" in m for m in records)
     shape = [d.dim_value for d in onnx.load(f).graph.input[0].type.tensor_type.shape.dim]
     assert shape == [1, 3, 96, 96]
 
@@ -294,20 +287,14 @@ def test_bad_requests_are_one_line_errors(checkpoint, tmp_path, monkeypatch):
         export.run(weights=checkpoint, include="onnx")
 
 
-def test_cli_bad_requests_exit_1_with_one_line_error(checkpoint, tmp_path):
-    records = []
-    handler = logging.Handler(logging.ERROR)
-    handler.emit = records.append
-    LOGGER.addHandler(handler)  # LOGGER does not propagate, so caplog would see nothing
-    try:
+def test_cli_bad_requests_exit_1_with_one_line_error(checkpoint, tmp_path, capture_log):
+    with capture_log(level=logging.ERROR) as records:
         for args, msg in ((["--weights", str(checkpoint), "--include", "tflite"], "--include tflite: unknown format"),
                           (["--weights", str(tmp_path / "nope.pt"), "--include", "onnx"], "nope.pt' not found")):
             records.clear()
             assert export.main(export.parse_opt(args)) == 1
-            errors = [r.getMessage() for r in records]
+            errors = list(records)
             assert len(errors) == 1 and msg in errors[0] and "\n" not in errors[0], errors
-    finally:
-        LOGGER.removeHandler(handler)
 
 
 def test_half_with_dynamic_rejected_before_any_work(checkpoint):

@@ -2,9 +2,6 @@
 and the optimiser/schedule/early-stopping pieces. Every run uses a generated 8-image dataset at 64 px."""
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
 import signal
 import subprocess
@@ -24,7 +21,6 @@ import train  # noqa: E402
 from models.yolo import Model  # noqa: E402
 from utils.callbacks import Callbacks  # noqa: E402
 from utils.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint  # noqa: E402
-from utils.general import LOGGER  # noqa: E402
 from utils.optim import cosine_lr, linear_lr, param_groups, smart_optimizer, warmup_iterations, warmup_step  # noqa: E402
 from utils.synthetic import CLASSES, generate_shapes_dataset  # noqa: E402
 
@@ -43,28 +39,16 @@ def hyp() -> dict:
     return yaml.safe_load((ROOT / "data/hyps/hyp.scratch-low.yaml").read_text())
 
 
-@contextlib.contextmanager
-def captured_log():
-    """Collect everything LOGGER prints (it does not propagate to pytest's caplog)."""
-    buf = io.StringIO()
-    h = logging.StreamHandler(buf)
-    LOGGER.addHandler(h)
-    try:
-        yield buf
-    finally:
-        LOGGER.removeHandler(h)
-
-
 def read_results(save_dir) -> np.ndarray:
     return np.loadtxt(Path(save_dir) / "results.csv", delimiter=",", skiprows=1, ndmin=2)
 
 
 @pytest.fixture(scope="module")
-def yolov5n_run(data, tmp_path_factory):
+def yolov5n_run(data, tmp_path_factory, capture_log):
     project = tmp_path_factory.mktemp("runs")
-    with captured_log() as log:
+    with capture_log() as log:
         opt = train.run(data=data, cfg="yolov5n.yaml", epochs=2, project=str(project), name="exp", **BASE)
-    return opt, log.getvalue()
+    return opt, log.text
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -157,22 +141,22 @@ def interrupt_at(ni_stop: int) -> Callbacks:
     return cb
 
 
-def test_resume_after_interrupt_matches_uninterrupted_run(data, tmp_path):
+def test_resume_after_interrupt_matches_uninterrupted_run(data, tmp_path, capture_log):
     """Ctrl-C in epoch 1 keeps epoch 0's last.pt; --resume continues at epoch 1 and reproduces the uninterrupted
     run exactly (optimizer, scheduler, EMA, accumulation counter and every RNG restored)."""
     kw = dict(data=data, cfg="yolov5n.yaml", epochs=3, noval=True, noplots=True, nbs=8, project=str(tmp_path), **BASE)
     ref = train.run(name="ref", **kw)
-    with captured_log() as log:
+    with capture_log() as log:
         cut = train.run(name="cut", callbacks=interrupt_at(2 + 1), **kw)  # 2 batches per epoch: epoch 1, batch 1
     assert cut.status == train.INTERRUPTED
     last = Path(cut.save_dir) / "weights/last.pt"
-    assert f"python train.py --resume {last}" in log.getvalue() and "holds epoch 0" in log.getvalue()
+    assert f"python train.py --resume {last}" in log.text and "holds epoch 0" in log.text
     ck = torch.load(last, map_location="cpu", weights_only=True)
     assert ck["epoch"] == 0 and ck["optimizer"] is not None and "rng" in ck
 
-    with captured_log() as log:
+    with capture_log() as log:
         res = train.run(resume=str(last))
-    assert "Resuming training from" in log.getvalue() and "at epoch 1 of 3" in log.getvalue()
+    assert "Resuming training from" in log.text and "at epoch 1 of 3" in log.text
     assert res.status == train.COMPLETED and Path(res.save_dir) == Path(cut.save_dir)
     r_ref, r_res = read_results(ref.save_dir), read_results(res.save_dir)
     assert r_res[:, 0].tolist() == [0, 1, 2]
@@ -197,15 +181,15 @@ def test_resume_latest_and_finished_runs(yolov5n_run, tmp_path):
         train.find_latest_run(tmp_path / "a" / "nothing")
 
 
-def test_interrupt_before_first_epoch_says_nothing_to_resume(data, tmp_path):
-    with captured_log() as log:
+def test_interrupt_before_first_epoch_says_nothing_to_resume(data, tmp_path, capture_log):
+    with capture_log() as log:
         opt = train.run(data=data, cfg="yolov5n.yaml", epochs=2, noplots=True, noautoanchor=True,
                         project=str(tmp_path), callbacks=interrupt_at(0), **BASE)
-    assert opt.status == train.INTERRUPTED and "nothing to resume" in log.getvalue()
+    assert opt.status == train.INTERRUPTED and "nothing to resume" in log.text
     assert not (Path(opt.save_dir) / "weights/last.pt").exists()
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(yolov5n_run, data, tmp_path):
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(yolov5n_run, data, tmp_path, capture_log):
     """Fine-tune from the tiny run (transfer line), then poison a weight in epoch 1: the run stops with a message
     and last.pt still holds epoch 0's finite weights."""
     src = Path(yolov5n_run[0].save_dir) / "weights/best.pt"
@@ -217,10 +201,10 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(yolov5n_run, data,
                 next(model.parameters()).fill_(float("nan"))
 
     cb.register_action("on_train_batch_end", "poison", poison)
-    with captured_log() as log:
+    with capture_log() as log:
         opt = train.run(data=data, weights=str(src), epochs=3, noval=True, noplots=True, project=str(tmp_path),
                         callbacks=cb, **BASE)
-    text = log.getvalue()
+    text = log.text
     assert "Transferred 349/349 tensors from" in text
     assert opt.status == train.NON_FINITE
     assert "non-finite loss at epoch 1" in text and "last good checkpoint" in text
@@ -229,17 +213,17 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(yolov5n_run, data,
     assert read_results(opt.save_dir).shape[0] == 1
 
 
-def test_corrupt_inputs_are_skipped_with_named_warnings(data, tmp_path):
+def test_corrupt_inputs_are_skipped_with_named_warnings(data, tmp_path, capture_log):
     import shutil
     root = tmp_path / "shapes"
     shutil.copytree(data["path"], root, ignore=shutil.ignore_patterns("*.cache"))
     (root / "images/train/broken.jpg").write_bytes(b"not a jpeg at all")
     (root / "labels/train/train_00001.txt").write_text("0 0.5 abc 0.1 0.1\n")
     (root / "labels/train/train_00002.txt").write_text("7 0.5 0.5 0.1 0.1\n")
-    with captured_log() as log:
+    with capture_log() as log:
         opt = train.run(data={**data, "path": str(root)}, cfg="yolov5n.yaml", epochs=1, noval=True, noplots=True,
                         noautoanchor=True, project=str(tmp_path / "runs"), **BASE)
-    text = log.getvalue()
+    text = log.text
     assert opt.status == train.COMPLETED
     assert "broken.jpg" in text and "train_00001.txt" in text and "train_00002.txt" in text
     assert "6 images" in text  # 9 files, 3 skipped
@@ -304,14 +288,14 @@ def test_bare_file_names_resolve_like_yolov5():
     assert o.freeze == [10] and o.resume is True and o.cache == "ram" and o.evolve == 300 and o.imgsz == 320
 
 
-def test_transfer_by_name_and_shape(tmp_path):
+def test_transfer_by_name_and_shape(tmp_path, capture_log):
     src = Model("yolov5n.yaml", nc=80, verbose=False)
     f = save_checkpoint(make_checkpoint(src), tmp_path / "src.pt")
     dst = Model("yolov5n.yaml", nc=5, verbose=False)
-    with captured_log() as log:
+    with capture_log() as log:
         n = train.transfer_weights(dst, load_checkpoint(f)["state_dict"], source=str(f))
     assert n == 349 - 6  # all but the three Detect convs' weight and bias (85 vs 10 outputs per anchor)
-    assert f"Transferred 343/349 tensors from {f}" in log.getvalue()
+    assert f"Transferred 343/349 tensors from {f}" in log.text
     assert torch.equal(dst.state_dict()["model.0.conv.weight"], src.state_dict()["model.0.conv.weight"])
     assert train.transfer_weights(dst, src.state_dict(), exclude=("anchors",)) == 342
 

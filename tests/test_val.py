@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import cv2
@@ -12,7 +11,6 @@ import torch
 import yaml
 
 import val
-from utils.general import LOGGER
 from utils.metrics import DetectionMetrics, coco_iou
 
 NAMES = {0: "red", 1: "green", 2: "blue"}
@@ -75,23 +73,6 @@ def weights(tmp_path_factory) -> Path:
     return f
 
 
-class _Capture(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
-@pytest.fixture
-def log():
-    h = _Capture()
-    LOGGER.addHandler(h)
-    yield h.lines
-    LOGGER.removeHandler(h)
-
-
 def _run(dataset, weights, tmp_path, **kw):
     args = dict(data=str(dataset), weights=str(weights), imgsz=64, batch_size=4, workers=0, device="cpu",
                 project=str(tmp_path), name="exp", plots=False)
@@ -144,7 +125,7 @@ def _coco_stats(save_dir: Path, stem: str) -> np.ndarray:
     return ev.stats
 
 
-def test_val_map_equals_pycocotools_on_its_json(dataset, tmp_path, log):
+def test_val_map_equals_pycocotools_on_its_json(dataset, tmp_path, log_lines):
     pytest.importorskip("pycocotools")
     model = _ColourDetector()
     kw = dict(batch_size=4, imgsz=64, model=model, dataloader=_loader(dataset), plots=False)
@@ -161,27 +142,27 @@ def test_val_map_equals_pycocotools_on_its_json(dataset, tmp_path, log):
     assert map_ == pytest.approx(stats[0], abs=1e-12) and map50 == pytest.approx(stats[1], abs=1e-12)  # and in fact
 
 
-def test_val_from_checkpoint_writes_coco_json_and_reports_pycocotools(dataset, weights, tmp_path, log):
+def test_val_from_checkpoint_writes_coco_json_and_reports_pycocotools(dataset, weights, tmp_path, log_lines):
     (mp, mr, map50, map_, *losses), maps, t = _run(dataset, weights, tmp_path, save_json=True)
     save_dir = tmp_path / "exp"
     stats = _coco_stats(save_dir, "tiny")
-    ours = next(x for x in log if x.startswith("pycocotools:"))  # run() prints both before adopting COCO's
+    ours = next(x for x in log_lines if x.startswith("pycocotools:"))  # run() prints both before adopting COCO's
     ours_map, ours_map50 = (float(v) for v in ours.split("ours ")[1].rstrip(")").split(" / "))
     assert stats[1] > 0 and abs(ours_map50 - stats[1]) < 1e-5 and abs(ours_map - stats[0]) < 1e-5
     assert (map_, map50) == pytest.approx((stats[0], stats[1]), abs=1e-12)
     assert len(losses) == 3 and maps.shape == (3,) and len(t) == 3
 
 
-def test_val_table_speed_line_plots_and_txt(dataset, weights, tmp_path, log):
+def test_val_table_speed_line_plots_and_txt(dataset, weights, tmp_path, log_lines):
     _run(dataset, weights, tmp_path, plots=True, verbose=True, save_txt=True, save_conf=True)
-    header = next(x for x in log if "Class" in x and "mAP50-95" in x)
+    header = next(x for x in log_lines if "Class" in x and "mAP50-95" in x)
     assert header.split() == ["Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95"]
-    rows = [x.split() for x in log if x.split()[:1] in (["all"], ["red"], ["green"], ["blue"])]
+    rows = [x.split() for x in log_lines if x.split()[:1] in (["all"], ["red"], ["green"], ["blue"])]
     assert rows[0][0] == "all" and rows[0][1] == "10"
     n_labels = sum(len(f.read_text().splitlines()) for f in (dataset.parent / "labels" / "val").glob("*.txt"))
     assert int(rows[0][2]) == n_labels
     assert sum(int(r[2]) for r in rows[1:]) == n_labels  # per-class rows add up
-    assert any(x.startswith("Speed:") and "pre-process" in x and "NMS per image" in x for x in log)
+    assert any(x.startswith("Speed:") and "pre-process" in x and "NMS per image" in x for x in log_lines)
     save_dir = tmp_path / "exp"
     for f in ("confusion_matrix.png", "PR_curve.png", "F1_curve.png", "P_curve.png", "R_curve.png",
               "val_batch0_labels.jpg", "val_batch0_pred.jpg"):
