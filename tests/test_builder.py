@@ -91,6 +91,24 @@ def test_activation_key_and_int_anchors():
     assert {type(m.act) for m in Model("yolov5n.yaml", verbose=False).modules() if hasattr(m, "act")} == {nn.SiLU}
 
 
+@pytest.mark.parametrize("variant, base", [("yolov5n_ReLU.yaml", "yolov5n.yaml"),
+                                           ("yolov5n_RepVGG_ReLU.yaml", "yolov5n_RepVGG.yaml"),
+                                           ("yolov5n_ShuffleNetV2_ReLU.yaml", "yolov5n_ShuffleNetV2.yaml")])
+def test_relu_variants_differ_from_their_base_only_in_activation(variant, base):
+    """The INT8 deployment yamls: same state_dict (keys and shapes), no SiLU left, outputs that differ."""
+    torch.manual_seed(0)
+    a = Model(variant, verbose=False).eval()
+    torch.manual_seed(0)
+    b = Model(base, verbose=False).eval()
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb) and all(sa[k].shape == sb[k].shape for k in sa)
+    assert not any(isinstance(m, nn.SiLU) for m in a.modules())
+    assert any(isinstance(m, nn.SiLU) for m in b.modules())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(a(x)[0], b(x)[0])
+
+
 def test_fuse_keeps_outputs():
     torch.manual_seed(0)
     model = Model("yolov5n.yaml", verbose=False).eval()

@@ -61,6 +61,8 @@ def _lively(model, seed: int = 0):
         for conv, f in zip(det.m, feats):
             mean, std = f.mean((0, 2, 3)), f.std((0, 2, 3)).clamp(min=1e-6)
             w = torch.randn(conv.weight.shape, generator=g) / conv.weight.shape[1] ** 0.5 / std.view(1, -1, 1, 1)
+            # ReLU nets have dead channels (std 0 here): a 1/std weight would blow rounding noise up to 1e-3 logits
+            w[:, std < 1e-3 * std.median()] = 0.0
             b = torch.randn(det.na, det.no, generator=g) * 0.3
             b[:, :4] = 0.0  # boxes around the anchors, not at the (2 sigma)^2 limit
             conv.weight.copy_(w)
@@ -404,6 +406,13 @@ def _write_dataset(root: Path, model, n_train: int = 6, n_val: int = 6, s: int =
 def tiny_data(tmp_path_factory, checkpoint):
     pt = DetectBackend(checkpoint)
     return _write_dataset(tmp_path_factory.mktemp("data"), pt.model)
+
+
+def test_int8_note_advises_relu_only_for_silu_models():
+    note = export.int8_activation_note(Model("yolov5n.yaml", verbose=False))
+    n_silu = sum(isinstance(m, torch.nn.SiLU) for m in Model("yolov5n.yaml", verbose=False).modules())
+    assert note.startswith(f"{n_silu} SiLU activations") and "yolov5n_ReLU.yaml" in note
+    assert export.int8_activation_note(Model("yolov5n_ReLU.yaml", verbose=False)) is None
 
 
 def test_int8_quantises_backbone_and_keeps_head_float(checkpoint, tiny_data, tmp_path):
