@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
@@ -292,13 +293,23 @@ RECORD = "benchmark.json"  # written into a training run folder once it has fini
 
 def training_recipe(cfg: str | Path, data: str | Path, epochs: int, imgsz: int, seed: int, batch_size: int,
                     hyp: str | None, optimizer: str, nbs: int) -> dict:
-    """Everything that decides a benchmark training run's result; the yaml's text is included, not just its name,
-    so an edited yaml is retrained. Hyp and data yamls are named, not hashed (edit them and use a new --name)."""
-    import hashlib
-    text = Path(cfg).read_bytes() if Path(cfg).is_file() else str(cfg).encode()
-    return dict(cfg=Path(cfg).name, cfg_sha1=hashlib.sha1(text).hexdigest(), data=Path(str(data)).name,
+    """Everything that decides a benchmark training run's result. The yaml's parsed content is hashed, not just its
+    name, so an edited model is retrained while a comment edit is not. Hyp and data yamls are named, not hashed
+    (edit them and use a new --name)."""
+    return dict(cfg=Path(cfg).name, model_sha1=model_hash(cfg), data=Path(str(data)).name,
                 epochs=epochs, imgsz=imgsz, seed=seed, batch_size=batch_size, hyp=str(hyp or ""),
                 optimizer=optimizer, nbs=nbs)
+
+
+def model_hash(cfg: str | Path) -> str:
+    """sha1 of the model yaml's content (keys sorted, comments and layout ignored); of its text if it does not parse."""
+    import hashlib
+    text = Path(cfg).read_text() if Path(cfg).is_file() else str(cfg)
+    try:
+        text = json.dumps(yaml.safe_load(text), sort_keys=True, default=str)
+    except yaml.YAMLError:
+        pass
+    return hashlib.sha1(text.encode()).hexdigest()
 
 
 def finished_run(project: str | Path, name: str, recipe: dict) -> dict | None:

@@ -455,8 +455,8 @@ def quantize_int8(fp32_file: str | Path, int8_file: str | Path, data, imgsz, hea
 
 def int8_activation_note(model: nn.Module) -> str | None:
     """Advice for an INT8 export whose model uses SiLU, or None. ONNX Runtime folds ReLU into its INT8 convs, but
-    runs each SiLU as two more INT8 ops (QLinearSigmoid + QLinearMul) that use one thread, which is most of why the
-    SiLU nano models gain far less from INT8 than their ReLU variants (README, deployment speed)."""
+    runs each SiLU as two more INT8 ops (QLinearSigmoid + QLinearMul) that get no faster with a second thread:
+    most of why the SiLU nano models gain far less from INT8 than their ReLU variants (README, deployment speed)."""
     n = sum(isinstance(m, nn.SiLU) for m in model.modules())
     if not n:
         return None

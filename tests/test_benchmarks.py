@@ -130,6 +130,17 @@ def test_rerun_reuses_finished_training_and_remeasures_speed(bench_run, monkeypa
     assert other[0]["map50"] == benchmarks.NA and "trained again" in other[0]["skipped"]
 
 
+def test_recipe_ignores_yaml_comments_but_not_rows(tmp_path):
+    src = (ROOT / "models" / "yolov5n.yaml").read_text()
+    a, b, c = tmp_path / "a.yaml", tmp_path / "b.yaml", tmp_path / "c.yaml"
+    a.write_text(src)
+    b.write_text("# a new comment line\n" + src.replace("# P3/8", "# small objects"))
+    c.write_text(src.replace("width_multiple: 0.25", "width_multiple: 0.5"))
+    args = ("shapes.yaml", 10, 192, 0, 16, "hyp.scratch-adam.yaml", "Adam", 16)
+    ra, rb, rc = (benchmarks.training_recipe(f, *args) for f in (a, b, c))
+    assert ra["model_sha1"] == rb["model_sha1"] != rc["model_sha1"]
+
+
 def test_broken_yaml_skipped_with_reason(bench_run):
     rows, *_ = bench_run
     r = rows[2]
