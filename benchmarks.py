@@ -197,17 +197,20 @@ def timed_runs(fn, runs: int, warmup: int) -> list[float]:
     return times
 
 
-def time_callables(fns: dict, runs: int, warmup: int, block: int = 10) -> dict[str, float]:
+def time_callables(fns: dict, runs: int, warmup: int, block: int = 10, settle: float = 0.05) -> dict[str, float]:
     """Median ms per callable (and the fastest run, as '<name>_min'). Callables take turns in blocks of `block`
-    back-to-back calls, each block after one untimed call: a slow stretch of the machine then hits every column
-    alike, while each timed call still finds its runtime's threads awake and its weights in cache. (Turns of single
-    calls would time every call cold: measured here, that adds ~2 ms to a 3 ms ONNX Runtime run after a PyTorch one.)"""
+    back-to-back calls, each block after a pause of `settle` seconds and one untimed call: a slow stretch of the
+    machine then hits every column alike, while each timed call finds its runtime's threads awake and its weights in
+    cache. Measured here (2 cores), both matter: turns of single calls time every call cold (+2 ms on a 3 ms ONNX
+    Runtime run after a PyTorch one), and without the pause the previous runtime's threads are still spinning when
+    the next block starts (an INT8 session timed right after an FP32 one: 3.5-5 ms instead of 3.0 ms alone)."""
     times = {k: [] for k in fns}
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     while min(len(v) for v in times.values()) < runs:
         for k, fn in fns.items():
+            time.sleep(settle)
             times[k] += timed_runs(fn, min(block, runs - len(times[k])), warmup=1)
     out = {k: statistics.median(v) for k, v in times.items()}
     out.update({f"{k}_min": min(v) for k, v in times.items()})

@@ -487,12 +487,14 @@ def test_detect_on_exported_file_agrees_with_pt(checkpoint, tiny_data, tmp_path)
     _same_detections([as_det(labels["onnx"][k]) for k in labels["pt"]], [as_det(v) for v in labels["pt"].values()])
 
 
-def test_bench_export_times_backends_in_rewarmed_blocks():
+def test_bench_export_times_backends_in_rewarmed_blocks(monkeypatch):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import bench_export
     calls = []
+    monkeypatch.setattr(bench_export.time_callables.__globals__["time"], "sleep", lambda s: calls.append(f"<{s}>"))
     out = bench_export.time_callables({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                                      runs=5, warmup=1, block=2)
-    # warm-up, then turns of (1 untimed + up to `block` timed) calls each until every callable has `runs` timings
-    assert "".join(calls) == "ab" + "aaabbb" + "aaabbb" + "aabb"
+                                      runs=5, warmup=1, block=2, settle=0.5)
+    # warm-up, then turns of (pause, 1 untimed + up to `block` timed) calls each until every callable has `runs`
+    # timings; the pause lets the previous runtime's spinning threads go idle
+    assert "".join(calls) == "ab" + "<0.5>aaa<0.5>bbb" * 2 + "<0.5>aa<0.5>bb"
     assert set(out) == {"a", "b", "a_min", "b_min"} and all(v >= 0 for v in out.values())
