@@ -559,6 +559,23 @@ def latency_columns(rows: list[dict]) -> list[str]:
     return cols or ["torch_ms"]
 
 
+def label_points(ax, pts: list[tuple[float, float, str]], fontsize: int = 8) -> None:
+    """Name each point next to it, moving a label above or below its point when it would cover one already placed:
+    models with near-equal latency and mAP (a yaml and its ReLU variant) otherwise print on top of each other."""
+    ax.get_xlim(), ax.get_ylim()  # settle autoscaling so transData maps to the final positions
+    px = ax.figure.dpi / 72  # pixels per point
+    height, char = 1.2 * fontsize * px, 0.62 * fontsize * px
+    placed: list[tuple[float, float, float, float]] = []
+    for xi, yi, name in sorted(pts, key=lambda p: -p[1]):
+        x0, y0 = ax.transData.transform((xi, yi))
+        for dy in (4, -12, 14, -22, 24, -32, 34):
+            box = (x0 + 5 * px, y0 + dy * px, x0 + 5 * px + char * len(name), y0 + dy * px + height)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+        placed.append(box)
+        ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(5, dy), fontsize=fontsize)
+
+
 def make_chart(rows: list[dict], title: str = ""):
     """Figure with one panel per latency backend, each plotting latency vs mAP50-95 (one labelled point per model,
     that backend's Pareto front drawn): the fastest accurate model depends on the runtime. Latency vs GFLOPs, said
@@ -577,14 +594,13 @@ def make_chart(rows: list[dict], title: str = ""):
         if pts:
             x, y, _ = zip(*pts)
             ax.scatter(x, y, s=36, zorder=3, color="tab:blue")
-            for xi, yi, n in pts:
-                ax.annotate(n, (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            ax.margins(x=0.15, y=0.12)  # room for the labels of the outermost points
+            label_points(ax, pts)
             if has_map:
                 f = pareto_front(list(x), list(y))
                 ax.step([x[i] for i in f], [y[i] for i in f], where="post", color="tab:red", lw=1.5, zorder=2,
                         label="Pareto front (no other model is both faster and more accurate)")
                 ax.legend(loc="lower right", fontsize=8)
-            ax.margins(x=0.15, y=0.12)  # room for the labels of the outermost points
         else:
             ax.text(0.5, 0.5, "no model has both values", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel(f"CPU latency, batch 1, {LATENCY_PANELS[xcol]} (ms, median)")

@@ -196,6 +196,16 @@ def test_chart_one_panel_per_backend_with_its_front_and_gflops_fallback():
     assert sorted(tuple(p) for p in torch_ax.collections[0].get_offsets()) == [(8, 2.0), (9, 1.0), (14, 3.0)]
 
 
+def test_chart_labels_of_coinciding_models_do_not_overlap():
+    rows = [{"model": m, "ort_fp32_ms": o, "map50_95": a}
+            for m, o, a in (("yolov5n_RepVGG", 6.0, 0.400), ("yolov5n_ReLU", 6.05, 0.401), ("far", 12.0, 0.2))]
+    ax = benchmarks.make_chart(rows).axes[0]
+    ax.figure.canvas.draw()
+    boxes = {t.get_text(): t.get_window_extent() for t in ax.texts}
+    assert not boxes["yolov5n_RepVGG"].overlaps(boxes["yolov5n_ReLU"])
+    assert [t.xyann for t in ax.texts if t.get_text() == "far"] == [(5, 4)]  # a lone point keeps the usual place
+
+
 def test_latency_torch_counts_runs_and_threads():
     torch.set_num_threads(2)  # so that the requested 1 thread is a change that must be undone
     calls = []
