@@ -415,10 +415,12 @@ def test_int8_note_advises_relu_only_for_silu_models():
     assert export.int8_activation_note(Model("yolov5n_ReLU.yaml", verbose=False)) is None
 
 
-def test_int8_quantises_backbone_and_keeps_head_float(checkpoint, tiny_data, tmp_path):
+def test_int8_quantises_backbone_and_keeps_head_float(checkpoint, tiny_data, tmp_path, log_lines):
     files = export.run(weights=checkpoint, imgsz=(64, 64), include="onnx", int8=True, data=tiny_data,
                        calib_images=4, file=tmp_path / "q", check_int8=False)
     assert [Path(f).name for f in files] == ["q.onnx", "q_int8.onnx"]
+    has_silu = any(isinstance(m, torch.nn.SiLU) for m in DetectBackend(checkpoint).model.modules())
+    assert has_silu and "SiLU activations each run as two INT8 ops" in log_lines.text  # the ReLU advice is shown
     proto = onnx.load(files[1])
     nodes = list(proto.graph.node)
     quant = [n for n in nodes if n.op_type == "QuantizeLinear"]
