@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from utils.general import LOGGER  # noqa: E402
+from utils.general import LOGGER, first_line  # noqa: E402
 
 NA = "n/a"
 METRIC_COLUMNS = ["model", "params", "gflops", "torch_ms", "ort_fp32_ms", "ort_int8_ms", "torch_mem_mb",
@@ -412,7 +412,7 @@ def export_onnx(weights: str | Path, imgsz: int, int8: bool = False, data: str |
 
 def failure_reason(e: BaseException) -> str:
     """One line for the 'skipped' column: the message of a Skip, 'Type: first line' of anything else."""
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    msg = first_line(e) if str(e).strip() else ""
     return msg if isinstance(e, Skip) else f"{type(e).__name__}: {msg}".rstrip(": ")
 
 
@@ -810,5 +810,5 @@ if __name__ == "__main__":
     try:
         main()
     except (FileNotFoundError, ValueError, ImportError) as e:  # bad --cfgs/--data/--epochs: say so, no traceback
-        LOGGER.error(f"ERROR: {e}")
+        LOGGER.error(f"ERROR: {first_line(e)}")
         sys.exit(1)

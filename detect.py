@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from utils.general import LOGGER, clean_str, colorstr, increment_path  # noqa: E402
+from utils.general import LOGGER, clean_str, colorstr, first_line, increment_path  # noqa: E402
 from utils.predictor import Detections, load, save_crop  # noqa: E402
 from utils.sources import Frame, LoadFiles, open_source  # noqa: E402
 
@@ -207,7 +207,7 @@ def main(opt: argparse.Namespace) -> int:
     try:
         run(**vars(opt))
     except (FileNotFoundError, ValueError, OSError, ImportError) as e:  # bad input (or no onnxruntime): one line
-        LOGGER.error(f"ERROR: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+        LOGGER.error(f"ERROR: {first_line(e)}")
         return 1
     return 0
 

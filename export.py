@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
 from models.blocks.heads import Detect, Segment  # noqa: E402
-from utils.general import LOGGER, check_img_size, colorstr  # noqa: E402
+from utils.general import LOGGER, check_img_size, colorstr, first_line  # noqa: E402
 from utils.nms import MAX_WH  # noqa: E402
 from utils.torch_utils import select_device  # noqa: E402
 
@@ -577,8 +577,7 @@ def run(weights=ROOT / "yolov5s.pt", imgsz=(640, 640), batch_size: int = 1, devi
         except (ExportError, ImportError):
             raise
         except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ExportError(f"{fmt} export of {stem.name} failed: {type(e).__name__}: {msg}") from e
+            raise ExportError(f"{fmt} export of {stem.name} failed: {type(e).__name__}: {first_line(e)}") from e
         LOGGER.info(f"{prefix} export success ✅ {time.time() - t:.1f}s, saved as {out} "
                     f"({out.stat().st_size / 1e6:.1f} MB)")
         written.append(str(out))
@@ -647,7 +646,7 @@ def main(opt) -> int:
                 max_det=opt.max_det, agnostic_nms=opt.agnostic_nms, calib_images=opt.calib_images,
                 check_int8=not opt.no_int8_check, int8_head_convs=opt.int8_head_convs)
     except (ExportError, ImportError, FileNotFoundError, ValueError) as e:
-        LOGGER.error(f"ERROR: {e}")
+        LOGGER.error(f"ERROR: {first_line(e)}")
         return 1
     return 0
 

@@ -45,7 +45,7 @@ from utils.callbacks import Callbacks  # noqa: E402
 from utils.checkpoint import CheckpointError, _plain, load_checkpoint, make_checkpoint, save_checkpoint  # noqa: E402
 from utils.checkpoint import strip_optimizer  # noqa: E402
 from utils.dataloaders import check_dataset, create_dataloader  # noqa: E402
-from utils.general import LOGGER, check_img_size, check_yaml, colorstr, increment_path  # noqa: E402
+from utils.general import LOGGER, check_img_size, check_yaml, colorstr, first_line, increment_path  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
 from utils.metrics import fitness  # noqa: E402
 from utils.optim import OPTIMIZERS, lr_lambda, smart_optimizer, warmup_iterations, warmup_step  # noqa: E402
@@ -179,7 +179,7 @@ def load_hyp(hyp) -> dict:
         try:
             h = yaml.safe_load(f.read_text(errors="ignore")) or {}
         except yaml.YAMLError as e:
-            raise ValueError(f"{where}: invalid yaml ({str(e).splitlines()[0]})") from None
+            raise ValueError(f"{where}: invalid yaml ({first_line(e)})") from None
         if not isinstance(h, dict):
             raise ValueError(f"{where}: expected a mapping of hyperparameters")
     missing = [k for k in REQUIRED_HYP if k not in h]

@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:
 
 from utils.backends import DetectBackend  # noqa: E402
 from utils.boxes import scale_boxes, xywh2xyxy, xyxy2xywh  # noqa: E402
-from utils.general import LOGGER, check_img_size, colorstr, increment_path  # noqa: E402
+from utils.general import LOGGER, check_img_size, colorstr, first_line, increment_path  # noqa: E402
 from utils.metrics import COCO_MAX_DETS, ConfusionMatrix, DetectionMetrics, xyxy2coco  # noqa: E402
 from utils.nms import non_max_suppression  # noqa: E402
 from utils.torch_utils import select_device, time_sync  # noqa: E402
@@ -407,7 +407,7 @@ def cli(argv=None) -> int:
         main(parse_opt(argv))
     # CheckpointError, YamlError and BackendError are ValueErrors; ImportError: .onnx without onnxruntime
     except (FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
-        LOGGER.error(f"ERROR: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+        LOGGER.error(f"ERROR: {first_line(e)}")
         return 1
     return 0
 

@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import export  # noqa: E402
-from benchmarks import cpu_model, time_callables  # noqa: E402  (ROOT/benchmarks.py, not this folder)
+from benchmarks import cpu_model, failure_reason, time_callables  # noqa: E402  (ROOT/benchmarks.py, not this folder)
 from models.yolo import Model  # noqa: E402
 from utils.backends import DetectBackend, onnx_session  # noqa: E402
 from utils.checkpoint import make_checkpoint, save_checkpoint  # noqa: E402
@@ -168,7 +168,7 @@ def main(opt) -> str:
                     speed_rows += bench_cfg(cfg, opt.imgsz, work, opt.data, opt.threads, opt.runs, opt.warmup,
                                             opt.calib_images, opt.nc)
                 except Exception as e:  # one broken yaml must not lose the other rows
-                    print(f"{cfg}: skipped ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+                    print(f"{cfg}: skipped ({failure_reason(e)})")
                 print(speed_table(speed_rows[-len(opt.imgsz):]).splitlines()[-1] if speed_rows else "", flush=True)
         for w in opt.map_weights:
             map_rows.append(bench_map(w, opt.data, opt.map_imgsz, work, opt.calib_images, opt.threads, opt.runs,

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from models.registry import YamlError
 from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.general import first_line
 
 
 def build_from_checkpoint(weights: str | Path, verbose: bool = False):
@@ -22,7 +21,7 @@ def build_from_checkpoint(weights: str | Path, verbose: bool = False):
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"'{weights}': weights do not fit the rebuilt model: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"'{weights}': weights do not fit the rebuilt model: {first_line(e)}") from None
     if info["names"]:
         model.names = {int(k): v for k, v in info["names"].items()}
     model.pt_source = info["source"]

@@ -5,7 +5,6 @@ Usage: python models/yolo.py --cfg yolov5n.yaml [--profile] [--line-profile]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import inspect
 import sys
@@ -23,7 +22,7 @@ import models.common  # noqa: E402,F401  (registers every block family)
 from models.blocks.conv import default_activation  # noqa: E402
 from models.blocks.heads import Detect, Segment  # noqa: E402
 from models.registry import Row, YamlError, parse_activation, policy_of, resolve_arg, resolve_module  # noqa: E402
-from utils.general import LOGGER, check_yaml  # noqa: E402
+from utils.general import LOGGER, check_yaml, first_line  # noqa: E402
 from utils.torch_utils import initialize_weights, model_info, profile_layers, scale_img  # noqa: E402
 
 PROBE_SIZE = 256  # strides are measured on a zeros(1, ch, 256, 256) forward, as YOLOv5 does
@@ -38,7 +37,7 @@ def load_model_yaml(cfg) -> tuple[dict, str]:
         with open(path, errors="ignore") as f:
             d = yaml.safe_load(f)
     except yaml.YAMLError as e:
-        raise YamlError(f"{path}: not valid yaml ({str(e).splitlines()[0]})") from None
+        raise YamlError(f"{path}: not valid yaml ({first_line(e)})") from None
     if not isinstance(d, dict):
         raise YamlError(f"{path}: expected a mapping with nc, backbone and head")
     d["yaml_file"] = path.name
@@ -115,9 +114,8 @@ def parse_model(d: dict, ch: list[int], probe: torch.Tensor | None = None, verbo
             except YamlError as e:
                 raise YamlError(f"{label}: {e}") from None
             except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
-                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 shapes = [tuple(t.shape) for t in (inp if isinstance(inp, list) else [inp])] if inp is not None else []
-                raise YamlError(f"{label}: {type(e).__name__}: {msg} (inputs {shapes}; check this row's channels "
+                raise YamlError(f"{label}: {type(e).__name__}: {first_line(e)} (inputs {shapes}; check this row's channels "
                                 f"and args)") from None
             m.i, m.f, m.type = i, f, f"{cls.__module__}.{cls.__name__}".replace("__main__.", "")
             m.np = sum(p.numel() for p in m.parameters())
@@ -268,7 +266,7 @@ def main(opt) -> int:
     try:
         model = Model(opt.cfg).to(device)
     except (YamlError, FileNotFoundError) as e:
-        LOGGER.error(f"ERROR: {e}")
+        LOGGER.error(f"ERROR: {first_line(e)}")
         return 1
     if opt.profile or opt.line_profile:
         im = torch.rand(opt.batch_size, 3, opt.imgsz, opt.imgsz).to(device)

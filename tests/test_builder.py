@@ -198,17 +198,10 @@ def test_missing_keys():
             Model(bad, verbose=False)
 
 
-def test_cli_summary_and_profile(caplog):
-    import logging
-    from utils.general import LOGGER
-    LOGGER.propagate = True
-    try:
-        with caplog.at_level(logging.INFO, logger=LOGGER.name):
-            assert main(parse_opt(["--cfg", "yolov5n.yaml", "--profile", "--imgsz", "64"])) == 0
-            assert main(parse_opt(["--cfg", "does_not_exist.yaml"])) == 1
-    finally:
-        LOGGER.propagate = False
-    text = caplog.text
+def test_cli_summary_and_profile(log_lines):
+    assert main(parse_opt(["--cfg", "yolov5n.yaml", "--profile", "--imgsz", "64"])) == 0
+    assert main(parse_opt(["--cfg", "does_not_exist.yaml"])) == 1
+    text = log_lines.text
     assert "YOLOv5n summary: 270 layers, 1872157 parameters, 1872157 gradients, 4.6 GFLOPs" in text
     assert "Total" in text and "GFLOPs" in text
     assert "yaml 'does_not_exist.yaml' not found" in text

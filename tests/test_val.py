@@ -286,14 +286,14 @@ def test_metric_boxes_are_the_json_boxes():
     assert coco_iou(c, c).item() == 1.0
 
 
-def test_cli_missing_weights_is_one_error_line(caplog):
+def test_cli_missing_weights_is_one_error_line(capture_log):
     import logging
-    import val
-    from utils.general import LOGGER
-    LOGGER.propagate = True
-    try:
-        with caplog.at_level(logging.ERROR, logger=LOGGER.name):
-            assert val.cli(["--weights", "definitely_missing.pt", "--data", "shapes.yaml"]) == 1
-    finally:
-        LOGGER.propagate = False
-    assert "ERROR: weights file 'definitely_missing.pt' not found" in caplog.text
+    with capture_log(level=logging.ERROR) as errors:
+        assert val.cli(["--weights", "definitely_missing.pt", "--data", "shapes.yaml"]) == 1
+    assert errors == ["ERROR: weights file 'definitely_missing.pt' not found"]
+
+
+def test_first_line_of_an_error():
+    from utils.general import first_line
+    assert first_line(ValueError("bad row\n  traceback detail")) == "bad row"
+    assert first_line(RuntimeError()) == "RuntimeError" and first_line(OSError("  \n")) == "OSError"

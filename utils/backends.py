@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from utils.general import LOGGER
+from utils.general import LOGGER, first_line
 
 SUFFIXES = {".pt": "pt", ".pth": "pt", ".torchscript": "jit", ".onnx": "onnx"}
 
@@ -136,8 +136,7 @@ def onnx_session(w: str | Path, device: torch.device | str = "cpu", threads: int
     try:
         return ort.InferenceSession(w, sess_options=so, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types for corrupt/unsupported graphs
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BackendError(f"'{w}' cannot be loaded by onnxruntime: {msg}") from None
+        raise BackendError(f"'{w}' cannot be loaded by onnxruntime: {first_line(e)}") from None
 
 
 class DetectBackend(nn.Module):
@@ -190,8 +189,7 @@ class DetectBackend(nn.Module):
                     warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
                     model = torch.jit.load(w, _extra_files=extra, map_location=device)
             except RuntimeError as e:
-                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise BackendError(f"'{w}' is not a readable TorchScript file: {msg}") from None
+                raise BackendError(f"'{w}' is not a readable TorchScript file: {first_line(e)}") from None
             cfg = extra["config.txt"]
             meta = _json(cfg.decode(errors="ignore") if isinstance(cfg, bytes) else cfg, {}) or {}
             self.half_file = bool(meta.get("half", False))

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.general import first_line
+
 FORMAT = "yolov5-lite-checkpoint/1"
 
 
@@ -180,10 +182,9 @@ def load_checkpoint(weights: str | Path) -> dict:
     try:
         raw, source = _read(path)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"'{weights}' cannot be loaded safely: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"'{weights}' cannot be loaded safely: {first_line(e)}") from None
     except Exception as e:  # zip errors, EOF, garbage bytes
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"'{weights}' is not a readable PyTorch checkpoint (truncated or corrupt?): {msg}") from None
+        raise CheckpointError(f"'{weights}' is not a readable PyTorch checkpoint (truncated or corrupt?): {first_line(e)}") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"'{weights}' holds a {type(raw).__name__}, not a checkpoint dict")
     if source == "native" and raw.get("format") == FORMAT:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from utils.augmentations import (DEFAULT_AUGMENT_HYP, augment_hsv, copy_paste, letterbox, mixup, random_flip,
                                  random_perspective)
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
-from utils.general import LOGGER, ROOT, resolve_file
+from utils.general import LOGGER, ROOT, first_line, resolve_file
 
 IMG_FORMATS = ("bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm")
 NUM_THREADS = min(8, max(1, os.cpu_count() or 1))
@@ -126,7 +126,7 @@ def check_dataset(data: str | Path | dict, autogenerate: bool = True) -> dict:
         try:
             d = yaml.safe_load(yaml_file.read_text(errors="ignore"))
         except yaml.YAMLError as e:
-            raise ValueError(f"{yaml_name}: invalid YAML ({str(e).splitlines()[0]})") from None
+            raise ValueError(f"{yaml_name}: invalid YAML ({first_line(e)})") from None
         if not isinstance(d, dict):
             raise ValueError(f"{yaml_name}: expected a mapping with keys path/train/val/names")
         d["yaml_file"] = str(yaml_file)

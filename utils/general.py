@@ -24,6 +24,12 @@ if not LOGGER.handlers:
     LOGGER.propagate = False
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty): for one-line errors."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def make_divisible(x: float, divisor: int = 8) -> int:
     """Smallest multiple of divisor that is >= x (YOLOv5's width rounding)."""
     return int(math.ceil(x / divisor) * divisor)

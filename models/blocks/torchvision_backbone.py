@@ -20,7 +20,7 @@ import torchvision
 
 from models.blocks.conv import fuse_conv_and_bn
 from models.registry import Row, YamlError, _single_input, register
-from utils.general import LOGGER, ROOT
+from utils.general import LOGGER, ROOT, first_line
 
 
 @dataclass(frozen=True)
@@ -95,8 +95,7 @@ def load_state_dict_file(path: str | Path) -> dict:
     try:
         sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, pickled whole model, not a torch file: one line, not a traceback
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{p}: not a readable torchvision state_dict ({msg})") from None
+        raise ValueError(f"{p}: not a readable torchvision state_dict ({first_line(e)})") from None
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
