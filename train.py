@@ -42,8 +42,8 @@ from models.yolo import Model  # noqa: E402
 from utils.augmentations import multi_scale  # noqa: E402
 from utils.autoanchor import check_anchors  # noqa: E402
 from utils.callbacks import Callbacks  # noqa: E402
-from utils.checkpoint import CheckpointError, _plain, load_checkpoint, make_checkpoint, save_checkpoint  # noqa: E402
-from utils.checkpoint import strip_optimizer  # noqa: E402
+from utils.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_checkpoint  # noqa: E402
+from utils.checkpoint import strip_optimizer, to_plain  # noqa: E402
 from utils.dataloaders import check_dataset, create_dataloader  # noqa: E402
 from utils.general import LOGGER, check_img_size, check_yaml, colorstr, first_line, increment_path  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
@@ -283,8 +283,8 @@ def train(hyp, opt, device: torch.device, callbacks: Callbacks | None = None):
     LOGGER.info(colorstr("hyperparameters: ") + ", ".join(f"{k}={v}" for k, v in hyp.items()))
     opt.hyp = hyp.copy()  # unscaled, for opt.yaml and resuming
     if not evolve and main_rank:
-        (save_dir / "hyp.yaml").write_text(yaml.safe_dump(_plain(hyp), sort_keys=False))
-        (save_dir / "opt.yaml").write_text(yaml.safe_dump(_plain(vars(opt)), sort_keys=False))
+        (save_dir / "hyp.yaml").write_text(yaml.safe_dump(to_plain(hyp), sort_keys=False))
+        (save_dir / "opt.yaml").write_text(yaml.safe_dump(to_plain(vars(opt)), sort_keys=False))
 
     plots = not evolve and not opt.noplots
     amp = device.type == "cuda"  # mixed precision only where it pays and is supported

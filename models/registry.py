@@ -54,7 +54,8 @@ class Row:
 Policy = Callable[[Row], "tuple[list, int | list, int]"]
 
 
-def _single_input(row: Row) -> int:
+def single_input(row: Row) -> int:
+    """The one input width of a row (for policies of blocks that read a single layer); a YamlError otherwise."""
     if not isinstance(row.frm, int):
         raise YamlError(f"takes one input, but 'from' lists {len(row.frm)} layers")
     c1 = row.c_in
@@ -67,7 +68,7 @@ def channels(row: Row):
     """args [c2, *rest] -> (c1, c2_scaled, *rest), stacked n times."""
     if not row.args:
         raise YamlError("needs at least the output channels as its first argument")
-    c1, c2 = _single_input(row), row.scale_width(row.args[0])
+    c1, c2 = single_input(row), row.scale_width(row.args[0])
     return [c1, c2, *row.args[1:]], c2, row.n
 
 
@@ -75,7 +76,7 @@ def csp(row: Row):
     """args [c2, *rest] -> (c1, c2_scaled, n, *rest), built once: the block repeats its inner layers itself."""
     if not row.args:
         raise YamlError("needs at least the output channels as its first argument")
-    c1, c2 = _single_input(row), row.scale_width(row.args[0])
+    c1, c2 = single_input(row), row.scale_width(row.args[0])
     return [c1, c2, row.n, *row.args[1:]], c2, 1
 
 
@@ -92,7 +93,7 @@ def same(row: Row):
 
 
 def batchnorm(row: Row):
-    return [_single_input(row)], row.c_in, row.n
+    return [single_input(row)], row.c_in, row.n
 
 
 def head(row: Row):

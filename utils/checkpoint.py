@@ -27,12 +27,12 @@ class CheckpointError(ValueError):
     """A weights file that cannot be used; the message says which file and why."""
 
 
-def _plain(v):
-    """Make argparse/pathlib/numpy values safe for weights_only loading."""
+def to_plain(v):
+    """Make argparse/pathlib/numpy values plain Python: safe for weights_only loading and yaml.safe_dump."""
     if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
+        return {k: to_plain(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
+        return [to_plain(x) for x in v]
     if isinstance(v, Path):
         return str(v)
     if isinstance(v, np.generic):
@@ -51,7 +51,7 @@ def make_checkpoint(model, ema=None, optimizer=None, epoch: int = -1, best_fitne
     m = de_parallel(model)
     ckpt = {
         "format": FORMAT,
-        "yaml": _plain(m.yaml),
+        "yaml": to_plain(m.yaml),
         "names": {int(k): str(v) for k, v in dict(enumerate(m.names) if isinstance(m.names, (list, tuple)) else m.names).items()},
         "stride": [float(s) for s in m.stride],
         "epoch": int(epoch),
@@ -60,12 +60,12 @@ def make_checkpoint(model, ema=None, optimizer=None, epoch: int = -1, best_fitne
         "ema": {k: v.detach().clone() for k, v in ema.ema.state_dict().items()} if ema is not None else None,
         "updates": int(ema.updates if ema is not None else updates),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "opt": _plain(vars(opt) if hasattr(opt, "__dict__") and not isinstance(opt, dict) else (opt or {})),
-        "hyp": _plain(getattr(m, "hyp", None)),
+        "opt": to_plain(vars(opt) if hasattr(opt, "__dict__") and not isinstance(opt, dict) else (opt or {})),
+        "hyp": to_plain(getattr(m, "hyp", None)),
         "date": datetime.datetime.now().isoformat(),
     }
     if extra:
-        ckpt.update(_plain(extra))
+        ckpt.update(to_plain(extra))
     return ckpt
 
 

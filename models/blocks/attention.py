@@ -5,12 +5,12 @@ import torch
 import torch.nn as nn
 
 from models.blocks.conv import make_act
-from models.registry import Row, _single_input, register
+from models.registry import Row, register, single_input
 
 
 def keep_channels(row: Row):
     """Attention rows are [*options]: the block is built as (c1, *options) and keeps c1 channels."""
-    c1 = _single_input(row)
+    c1 = single_input(row)
     return [c1, *row.args], c1, row.n
 
 

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torchvision
 
 from models.blocks.conv import fuse_conv_and_bn
-from models.registry import Row, YamlError, _single_input, register
+from models.registry import Row, YamlError, register, single_input
 from utils.general import LOGGER, ROOT, first_line
 
 
@@ -108,7 +108,7 @@ def torchvision_backbone_args(row: Row):
     """Rows are [name, (weights)]: built as (c1, name, weights); the layer outputs a list of three widths."""
     if not row.args or not isinstance(row.args[0], str):
         raise YamlError(f"TorchVisionBackbone needs a torchvision model name first, one of {', '.join(BACKBONES)}")
-    return [_single_input(row), *row.args], list(_spec(row.args[0]).channels), 1
+    return [single_input(row), *row.args], list(_spec(row.args[0]).channels), 1
 
 
 @register
