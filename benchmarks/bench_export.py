@@ -21,7 +21,6 @@ import argparse
 import datetime
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import export  # noqa: E402
-from benchmarks import cpu_model, failure_reason, time_callables  # noqa: E402  (ROOT/benchmarks.py, not this folder)
+from benchmarks import failure_reason, machine_info, time_callables  # noqa: E402  (ROOT/benchmarks.py, not this folder)
 from models.yolo import Model  # noqa: E402
 from utils.backends import DetectBackend, onnx_session  # noqa: E402
 from utils.checkpoint import make_checkpoint, save_checkpoint  # noqa: E402
@@ -131,9 +130,9 @@ def map_table(rows: list[dict]) -> str:
 
 
 def machine() -> str:
-    import onnxruntime as ort
-    return (f"{cpu_model()}, {os.cpu_count()} logical CPUs; torch {torch.__version__}, onnxruntime {ort.__version__}, "
-            f"Python {platform.python_version()}")
+    m = machine_info()
+    return (f"{m['cpu']}, {m['cores']} logical CPUs; torch {m['torch_version']}, onnxruntime "
+            f"{m['onnxruntime_version']}, Python {m['python']}")
 
 
 def parse_opt(argv=None):
