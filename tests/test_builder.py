@@ -95,7 +95,10 @@ def test_activation_key_and_int_anchors():
                                            ("yolov5n_RepVGG_ReLU.yaml", "yolov5n_RepVGG.yaml"),
                                            ("yolov5n_ShuffleNetV2_ReLU.yaml", "yolov5n_ShuffleNetV2.yaml")])
 def test_relu_variants_differ_from_their_base_only_in_activation(variant, base):
-    """The INT8 deployment yamls: same state_dict (keys and shapes), no SiLU left, outputs that differ."""
+    """The INT8 deployment yamls: the base yaml plus the activation key (a copy, as YOLOv5 yamls are self-contained,
+    kept from drifting here), so the same state_dict (keys and shapes), no SiLU left, outputs that differ."""
+    rows = {k: v for k, v in yaml.safe_load((ROOT / "models" / variant).read_text()).items() if k != "activation"}
+    assert rows == yaml.safe_load((ROOT / "models" / base).read_text())
     torch.manual_seed(0)
     a = Model(variant, verbose=False).eval()
     torch.manual_seed(0)
