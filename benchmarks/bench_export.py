@@ -57,7 +57,7 @@ def load_avg() -> str:
 
 
 def bench_cfg(cfg: str, imgszs: list[int], work: Path, data: str, threads: int, runs: int, warmup: int,
-              calib: int, nc: int | None = None) -> list[dict]:
+              calib: int, nc: int | None = None, settle: float = 0.05) -> list[dict]:
     """Latency rows (one per imgsz) for one yaml."""
     torch.manual_seed(0)
     model = Model(cfg, nc=nc, verbose=False)
@@ -84,13 +84,13 @@ def bench_cfg(cfg: str, imgszs: list[int], work: Path, data: str, threads: int, 
 
         t = time_callables({"eager": eager_before, "eager_tuned": eager_after,
                             "ort_fp32": lambda: fp32.run(None, {"images": xn}),
-                            "ort_int8": lambda: int8.run(None, {"images": xn})}, runs, warmup)
+                            "ort_int8": lambda: int8.run(None, {"images": xn})}, runs, warmup, settle=settle)
         rows.append({"model": Path(cfg).name, "params": params, "imgsz": s, **t})
     return rows
 
 
 def bench_map(weights: str, data: str, imgsz: int, work: Path, calib: int, threads: int, runs: int,
-              warmup: int) -> dict:
+              warmup: int, settle: float = 0.05) -> dict:
     """FP32 vs INT8 mAP of a trained checkpoint on data's val split, plus their latency at that size."""
     stem = work / (Path(weights).stem + f"_map{imgsz}")
     files = export.run(weights=weights, imgsz=(imgsz, imgsz), include=("onnx",), file=stem, int8=True, data=data,
@@ -99,7 +99,7 @@ def bench_map(weights: str, data: str, imgsz: int, work: Path, calib: int, threa
     fp32, int8 = onnx_session(files[0], "cpu", threads), onnx_session(files[1], "cpu", threads)
     xn = np.random.rand(1, 3, imgsz, imgsz).astype(np.float32)
     t = time_callables({"ort_fp32": lambda: fp32.run(None, {"images": xn}),
-                        "ort_int8": lambda: int8.run(None, {"images": xn})}, runs, warmup)
+                        "ort_int8": lambda: int8.run(None, {"images": xn})}, runs, warmup, settle=settle)
     cfg = DetectBackend(weights).yaml.get("yaml_file", "?")
     return {"weights": str(weights), "model": cfg, "imgsz": imgsz, **t,
             **{f"{k}_{n}": v for k, d in m.items() for n, v in d.items()}}
@@ -147,6 +147,8 @@ def parse_opt(argv=None):
     p.add_argument("--calib-images", type=int, default=100, help="INT8 calibration images")
     p.add_argument("--map-weights", nargs="*", default=[], help="trained checkpoints for the FP32-vs-INT8 mAP table")
     p.add_argument("--map-imgsz", type=int, default=256, help="export/validation size for the mAP table")
+    p.add_argument("--settle", type=float, default=0.05, help="seconds of pause before each block of timed runs "
+                   "(0 shows how the previous runtime's spinning threads slow the next one)")
     p.add_argument("--no-speed", action="store_true", help="only the mAP table")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="markdown file to write ('' for none)")
     return p.parse_args(argv)
@@ -165,13 +167,13 @@ def main(opt) -> str:
             for cfg in cfgs:
                 try:
                     speed_rows += bench_cfg(cfg, opt.imgsz, work, opt.data, opt.threads, opt.runs, opt.warmup,
-                                            opt.calib_images, opt.nc)
+                                            opt.calib_images, opt.nc, opt.settle)
                 except Exception as e:  # one broken yaml must not lose the other rows
                     print(f"{cfg}: skipped ({failure_reason(e)})")
                 print(speed_table(speed_rows[-len(opt.imgsz):]).splitlines()[-1] if speed_rows else "", flush=True)
         for w in opt.map_weights:
             map_rows.append(bench_map(w, opt.data, opt.map_imgsz, work, opt.calib_images, opt.threads, opt.runs,
-                                      opt.warmup))
+                                      opt.warmup, opt.settle))
     date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     args = " ".join(sys.argv[1:])
     md = [f"# Export latency (batch 1, {opt.threads} threads, median of {opt.runs} runs)", "",
