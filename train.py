@@ -681,7 +681,8 @@ def parse_opt(known: bool = False, argv: list[str] | None = None) -> argparse.Na
     p.add_argument("--save-period", type=int, default=-1, help="Save checkpoint every x epochs (disabled if < 1)")
     p.add_argument("--seed", type=int, default=0, help="Global training seed")
     p.add_argument("--nbs", type=int, default=64, help="nominal batch size: gradients accumulate up to it")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="DDP argument of torch.distributed.launch; unused")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=-1,
+                   help="DDP argument of torch.distributed.launch; unused")
     return p.parse_known_args(argv)[0] if known else p.parse_args(argv)
 
 

@@ -61,7 +61,8 @@ def markdown_table(rows: list[dict], imgsz: int, runs: int, threads: int, comman
         g = f"{r['gflops']:.1f}" if r["gflops"] is not None else "n/a"
         lines.append(f"| `{r['model']}` | {r['params']:,} | {g} | {r['latency_ms']:.1f} | {r['median_ms']:.1f} |")
     meta = (f"\nMeasured {datetime.date.today().isoformat()} on {cpu_model()}, torch {torch.__version__}, "
-            f"{threads} CPU thread(s), best and median of {runs} runs after warm-up, models timed in alternating blocks; nc=80; "
+            f"{threads} CPU thread(s), best and median of {runs} runs after warm-up, models timed in alternating "
+            f"blocks; nc=80; "
             f"GFLOPs counted with thop on the unfused model as YOLOv5 does."
             + (f" The 1-minute load average was {load:.1f} when the run started: other processes inflate latencies "
                f"(the best-of-N column least), so compare models within one table only." if load is not None else "")

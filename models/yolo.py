@@ -115,8 +115,8 @@ def parse_model(d: dict, ch: list[int], probe: torch.Tensor | None = None, verbo
                 raise YamlError(f"{label}: {e}") from None
             except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
                 shapes = [tuple(t.shape) for t in (inp if isinstance(inp, list) else [inp])] if inp is not None else []
-                raise YamlError(f"{label}: {type(e).__name__}: {first_line(e)} (inputs {shapes}; check this row's channels "
-                                f"and args)") from None
+                raise YamlError(f"{label}: {type(e).__name__}: {first_line(e)} (inputs {shapes}; check this row's "
+                                f"channels and args)") from None
             m.i, m.f, m.type = i, f, f"{cls.__module__}.{cls.__name__}".replace("__main__.", "")
             m.np = sum(p.numel() for p in m.parameters())
             if verbose:

@@ -184,7 +184,8 @@ def load_checkpoint(weights: str | Path) -> dict:
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"'{weights}' cannot be loaded safely: {first_line(e)}") from None
     except Exception as e:  # zip errors, EOF, garbage bytes
-        raise CheckpointError(f"'{weights}' is not a readable PyTorch checkpoint (truncated or corrupt?): {first_line(e)}") from None
+        raise CheckpointError(f"'{weights}' is not a readable PyTorch checkpoint (truncated or corrupt?): "
+                              f"{first_line(e)}") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"'{weights}' holds a {type(raw).__name__}, not a checkpoint dict")
     if source == "native" and raw.get("format") == FORMAT:
