@@ -1,20 +1,16 @@
 """Mosaic training dataloader throughput (images/s) at --imgsz with 0 and 2 workers.
 
-python benchmarks/bench_dataloader.py [--data shapes.yaml] [--imgsz 320] [--batch-size 16] [--batches 30]
+python -m benchmarks.bench_dataloader [--data shapes.yaml] [--imgsz 320] [--batch-size 16] [--batches 30]
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import yaml
 
-import yaml  # noqa: E402
-
-from utils.dataloaders import check_dataset, create_dataloader  # noqa: E402
-from utils.general import check_yaml  # noqa: E402
+from utils.dataloaders import check_dataset, create_dataloader
+from utils.general import check_yaml
 
 
 def loader_throughput(path, imgsz: int, batch_size: int, hyp: dict, workers: int, batches: int, cache=False) -> float:

@@ -2,10 +2,10 @@
 ONNX Runtime FP32 and ONNX Runtime INT8 at 320 and 640, batch 1, medians; and, for trained checkpoints, the
 mAP50 / mAP50-95 of the FP32 and INT8 exports on the dataset's val split.
 
-Usage (regenerates benchmarks/results/export.md):
-    python benchmarks/bench_export.py                                        # nano lightweight yamls, speed
-    python benchmarks/bench_export.py --cfg yolov5n_ShuffleNetV2.yaml --imgsz 320 --runs 20
-    python benchmarks/bench_export.py --map-weights runs/train/exp/weights/best.pt --map-imgsz 256   # + INT8 mAP
+Usage (writes runs/benchmark/export*/export.md; `--out benchmarks/results/export.md` regenerates the published one):
+    python -m benchmarks.bench_export                                        # nano lightweight yamls, speed
+    python -m benchmarks.bench_export --cfg yolov5n_ShuffleNetV2.yaml --imgsz 320 --runs 20
+    python -m benchmarks.bench_export --map-weights runs/train/exp/weights/best.pt --map-imgsz 256   # + INT8 mAP
 
 Speed does not depend on the weights, so speed rows use freshly built models (the INT8 graph is calibrated on
 the dataset's train images all the same). Backends take turns in blocks of back-to-back runs, so a burst of
@@ -29,19 +29,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import export
+from benchmarks.machine import machine_info
+from benchmarks.report import results_file
+from benchmarks.cells import failure_reason
+from benchmarks.timing import time_callables
+from models.yolo import Model
+from utils.backends import DetectBackend, onnx_session
+from utils.checkpoint import make_checkpoint, save_checkpoint
+from utils.general import LOGGER
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import export  # noqa: E402
-from benchmarks import failure_reason, machine_info, time_callables  # noqa: E402  (ROOT/benchmarks.py, not this folder)
-from models.yolo import Model  # noqa: E402
-from utils.backends import DetectBackend, onnx_session  # noqa: E402
-from utils.checkpoint import make_checkpoint, save_checkpoint  # noqa: E402
-from utils.general import LOGGER  # noqa: E402
-
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "export.md"
-COMMAND = "python benchmarks/bench_export.py"
+COMMAND = "python -m benchmarks.bench_export"
 
 
 def default_cfgs() -> list[str]:
@@ -150,7 +149,11 @@ def parse_opt(argv=None):
     p.add_argument("--settle", type=float, default=0.05, help="seconds of pause before each block of timed runs "
                    "(0 shows how the previous runtime's spinning threads slow the next one)")
     p.add_argument("--no-speed", action="store_true", help="only the mAP table")
-    p.add_argument("--out", default=str(DEFAULT_OUT), help="markdown file to write ('' for none)")
+    p.add_argument("--project", default=str(ROOT / "runs/benchmark"), help="save export.md to project/name")
+    p.add_argument("--name", default="export", help="save export.md to project/name")
+    p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    p.add_argument("--out", default=None, help="markdown file to write instead of project/name/export.md "
+                   "(benchmarks/results/export.md: the published table; '' for none)")
     return p.parse_args(argv)
 
 
@@ -188,9 +191,11 @@ def main(opt) -> str:
                "", map_table(map_rows), ""]
     text = "\n".join(md)
     print(text)
-    if opt.out:
-        Path(opt.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(opt.out).write_text(text)
+    if opt.out != "":
+        f = results_file(opt.out, opt.project, opt.name, "export.md", opt.exist_ok)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+        print(f"Results saved to {f}")
     return text
 
 

@@ -1,7 +1,7 @@
 """Time the validation metric code (COCO-exact matching + AP + confusion matrix) on a synthetic COCO-sized run
 and report its share of a full validation of yolov5n at the given image size.
 
-    python benchmarks/bench_metrics.py [--images 5000 --preds 100 --nc 80 --batch 32 --imgsz 320]
+    python -m benchmarks.bench_metrics [--images 5000 --preds 100 --nc 80 --batch 32 --imgsz 320]
 
 The share uses this machine's measured per-image time for pre-processing, the yolov5n forward and NMS
 (conf 0.001, IoU 0.6, multi-label, as val.py runs them) on a few batches, extrapolated to --images.
@@ -9,17 +9,14 @@ The share uses this machine's measured per-image time for pre-processing, the yo
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from utils.metrics import ConfusionMatrix, DetectionMetrics, xyxy2coco
 
-from utils.metrics import ConfusionMatrix, DetectionMetrics, xyxy2coco  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def synthetic_batches(n_images: int, n_preds: int, nc: int, batch: int, seed: int = 0):

@@ -1,29 +1,26 @@
 """Parameters, GFLOPs at 640 and fused CPU latency (batch 1) of every model yaml, as a markdown table.
 
-Usage (regenerates benchmarks/results/models.md):
-    python benchmarks/bench_models.py
-    python benchmarks/bench_models.py --cfg yolov5n.yaml yolov5n_RepVGG.yaml --imgsz 320 --runs 10 --threads 2
+Usage (writes runs/benchmark/models*/models.md; `--out benchmarks/results/models.md` regenerates the published one):
+    python -m benchmarks.bench_models
+    python -m benchmarks.bench_models --cfg yolov5n.yaml yolov5n_RepVGG.yaml --imgsz 320 --runs 10 --threads 2
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import os
-import sys
 from pathlib import Path
 
 import torch
 
+from benchmarks.machine import cpu_model
+from benchmarks.report import results_file
+from benchmarks.timing import time_callables
+from models.yolo import Model
+from utils.torch_utils import model_flops
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import cpu_model, time_callables  # noqa: E402  (ROOT/benchmarks.py, not this folder)
-from models.yolo import Model  # noqa: E402
-from utils.torch_utils import model_flops  # noqa: E402
-
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "models.md"
-COMMAND = "python benchmarks/bench_models.py"
+COMMAND = "python -m benchmarks.bench_models"
 
 
 def prepare(cfg: str) -> tuple[dict, torch.nn.Module]:
@@ -37,7 +34,7 @@ def prepare(cfg: str) -> tuple[dict, torch.nn.Module]:
 
 def time_models(models: list[torch.nn.Module], imgsz: int = 320, runs: int = 10, warmup: int = 2) -> list[dict]:
     """Median and fastest forward time (ms, batch 1) per model, models taking turns in blocks of back-to-back runs
-    (benchmarks.time_callables): a burst of load hits every model alike and each timed run finds a warm cache."""
+    (benchmarks.timing.time_callables): a burst of load hits every model alike and each timed run finds a warm cache."""
     x = torch.rand(1, 3, imgsz, imgsz)
     with torch.inference_mode():
         t = time_callables({i: (lambda m=m: m(x)) for i, m in enumerate(models)}, runs, warmup, block=5)
@@ -77,7 +74,11 @@ def parse_opt(argv=None):
     parser.add_argument("--imgsz", type=int, default=320, help="latency input size")
     parser.add_argument("--runs", type=int, default=10, help="timed runs per model")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown file to write")
+    parser.add_argument("--project", default=str(ROOT / "runs/benchmark"), help="save models.md to project/name")
+    parser.add_argument("--name", default="models", help="save models.md to project/name")
+    parser.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    parser.add_argument("--out", default=None, help="markdown file to write instead of project/name/models.md "
+                        "(benchmarks/results/models.md: the published table)")
     return parser.parse_args(argv)
 
 
@@ -87,9 +88,10 @@ def main(opt) -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rows = bench_models(cfgs, opt.imgsz, opt.runs)
     text = markdown_table(rows, opt.imgsz, opt.runs, opt.threads, load=load)
-    opt.out.parent.mkdir(parents=True, exist_ok=True)
-    opt.out.write_text(text)
-    print(text)
+    f = results_file(opt.out, opt.project, opt.name, "models.md", opt.exist_ok)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(text)
+    print(f"{text}\nResults saved to {f}")
     return text
 
 

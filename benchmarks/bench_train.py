@@ -1,7 +1,7 @@
 """Training-step and mosaic-dataloader throughput (images/s), and whether the loader keeps up with the step.
 
-python benchmarks/bench_train.py [--cfg yolov5n.yaml yolov5_MobileNetv2.yaml] [--imgsz 320] [--batch-size 16]
-                                 [--steps 8] [--workers 0 2] [--data shapes.yaml]
+python -m benchmarks.bench_train [--cfg yolov5n.yaml yolov5_MobileNetv2.yaml] [--imgsz 320] [--batch-size 16]
+                                   [--steps 8] [--workers 0 2] [--data shapes.yaml]
 
 Training step = forward, ComputeLoss, backward, gradient clipping, SGD step and EMA update, exactly as train.py
 runs them, on batches drawn from the loader beforehand (so loading is not counted). Loader = the augmenting
@@ -17,18 +17,16 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import yaml
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
-
-from bench_dataloader import loader_throughput  # noqa: E402  (this folder: sys.path[0] when run as a script)
-from models.yolo import Model  # noqa: E402
-from utils.dataloaders import check_dataset, create_dataloader  # noqa: E402
-from utils.general import check_yaml  # noqa: E402
-from utils.loss import ComputeLoss  # noqa: E402
-from utils.optim import smart_optimizer  # noqa: E402
-from utils.torch_utils import ModelEMA  # noqa: E402
+from benchmarks.bench_dataloader import loader_throughput
+from models.yolo import Model
+from utils.dataloaders import check_dataset, create_dataloader
+from utils.general import check_yaml
+from utils.loss import ComputeLoss
+from utils.optim import smart_optimizer
+from utils.torch_utils import ModelEMA
 
 
 def train_step_throughput(cfg: str, batches: list, nc: int, imgsz: int, hyp: dict, steps: int) -> float:
@@ -97,7 +95,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"torch threads {torch.get_num_threads()}")
     if a.out:
         cols = [f"loader w{w} img/s" for w in loader]
-        lines = [f"`python benchmarks/bench_train.py {' '.join(argv if argv is not None else sys.argv[1:])}` "
+        lines = [f"`python -m benchmarks.bench_train {' '.join(argv if argv is not None else sys.argv[1:])}` "
                  f"(imgsz {a.imgsz}, batch {a.batch_size}, torch threads {torch.get_num_threads()}, "
                  f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end)", "",
                  "| model | train step img/s | " + " | ".join(cols) + " | loader / step |",

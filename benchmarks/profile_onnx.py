@@ -4,7 +4,7 @@ twin). This is how the README explains why INT8 gains little on depthwise/SiLU m
 
 Usage:
     python export.py --weights best.pt --include onnx --int8 --data shapes.yaml --imgsz 320
-    python benchmarks/profile_onnx.py best.onnx best_int8.onnx --imgsz 320 --threads 1
+    python -m benchmarks.profile_onnx best.onnx best_int8.onnx --imgsz 320 --threads 1
 """
 from __future__ import annotations
 

@@ -2,15 +2,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared"
 REFERENCE = SHARED / "reference" / "yolov5n_reference.pt"
 

@@ -1,7 +1,6 @@
 """AutoAnchor: BPR maths, keep/replace decisions, k-means anchor evolution."""
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import torch
 import torch.nn as nn
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import utils.autoanchor as aa  # noqa: E402
 from utils.autoanchor import anchor_metrics, check_anchor_order, check_anchors, kmean_anchors, kmeans  # noqa: E402

@@ -3,7 +3,6 @@ RepVGG re-parameterisation, width constraints, torchvision backbones with local 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import io
 import itertools
 
@@ -416,17 +415,13 @@ def test_transfer_mobilenet_v2_into_yaml_backbone(tmp_path):
 
 
 def test_benchmark_row_and_table():
-    # load by path: the repo-root benchmarks.py shadows the benchmarks/ folder as an import name
-    spec = importlib.util.spec_from_file_location("bench_models", ROOT / "benchmarks" / "bench_models.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    bench_models, markdown_table = bench.bench_models, bench.markdown_table
+    from benchmarks.bench_models import bench_models, markdown_table
     row = bench_models(["yolov5n_MobileNetv2.yaml"], imgsz=64, runs=2, warmup=0)[0]
     assert 0 < row["latency_ms"] <= row["median_ms"]
     assert row["params"] == n_params(Model("yolov5n_MobileNetv2.yaml", verbose=False)) and row["gflops"] > 0
     table = markdown_table([row], 64, 1, 1)
     assert f"| `yolov5n_MobileNetv2.yaml` | {row['params']:,} | {row['gflops']:.1f} |" in table
-    assert "python benchmarks/bench_models.py" in table
+    assert "python -m benchmarks.bench_models" in table
 
 
 def test_row_reading_a_multi_output_backbone_directly_asks_for_an_index_row():

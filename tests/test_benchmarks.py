@@ -1,10 +1,12 @@
-"""benchmarks.py: one end-to-end run on two tiny yamls (plus a broken one) and the pieces it is built from."""
+"""python -m benchmarks (the backbone table): one end-to-end run on two tiny yamls (plus a broken one), the pieces
+it is built from, and where the benches write."""
 from __future__ import annotations
 
 import csv
+import os
+import shutil
 import subprocess
 import sys
-import os
 from pathlib import Path
 
 import cv2
@@ -13,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-import benchmarks
+from benchmarks import backbones, bench_models, cells, machine, report, timing, training
 from models.yolo import Model
 from utils.torch_utils import model_flops
 
@@ -71,10 +73,10 @@ def bench_run(tmp_path_factory):
     data = _write_dataset(tmp / "data")
     cfgs = _write_yamls(tmp)
     out = tmp / "results"
-    benchmarks.run(data=str(data), imgsz=64, cfgs=[str(c) for c in cfgs], epochs=1, batch_size=4, seed=0,
-                   workers=0, threads=1, runs=3, warmup=1, calib_images=4, out=out, name="bench",
-                   project=tmp / "runs", command="python bench")
-    with open(out / "bench.csv", newline="") as f:
+    backbones.run(data=str(data), imgsz=64, cfgs=[str(c) for c in cfgs], epochs=1, batch_size=4, seed=0,
+                  workers=0, threads=1, runs=3, warmup=1, calib_images=4, out=out, name="bench",
+                  project=tmp / "runs", command="python bench")
+    with open(out / "backbones.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     return rows, out, cfgs, data
 
@@ -82,11 +84,11 @@ def bench_run(tmp_path_factory):
 def test_csv_every_cell_filled_or_explained(bench_run):
     rows, _, cfgs, _ = bench_run
     assert [r["model"] for r in rows] == [c.stem for c in cfgs]
-    assert list(rows[0]) == benchmarks.COLUMNS
+    assert list(rows[0]) == cells.COLUMNS
     for r in rows:
         for col, v in r.items():
             assert v != "", f"{r['model']}: empty '{col}'"
-            if v == benchmarks.NA:  # every n/a names its column in the reasons
+            if v == cells.NA:  # every n/a names its column in the reasons
                 assert any(col in part.split(":")[0].split("+") for part in r["skipped"].split("; ")), (r["model"], col)
 
 
@@ -101,7 +103,7 @@ def test_tiny_models_measured(bench_run):
             assert float(r[col]) > 0, (r["model"], col, r["skipped"])
         assert 0 <= float(r["map50_95"]) <= float(r["map50"]) <= 1
         assert (r["epochs"], r["imgsz"], r["threads"], r["runs"]) == ("1", "64", "1", "3")
-        assert (r["cpu"], int(r["cores"]), r["torch_version"]) == (benchmarks.cpu_model(), os.cpu_count(),
+        assert (r["cpu"], int(r["cores"]), r["torch_version"]) == (machine.cpu_model(), os.cpu_count(),
                                                                    torch.__version__)
         for col in ("ort_fp32_ms", "ort_fp32_mem_mb", "onnx_fp32_mb"):
             assert float(r[col]) > 0, (r["model"], col, r["skipped"])
@@ -118,16 +120,18 @@ def test_rerun_reuses_finished_training_and_remeasures_speed(bench_run, monkeypa
         raise AssertionError("trained again although a finished run of the same recipe exists")
 
     monkeypatch.setattr(train, "run", no_training)
-    again = benchmarks.run(data=str(data), imgsz=64, cfgs=[str(cfgs[0])], epochs=1, batch_size=4, seed=0, workers=0,
-                           threads=1, runs=2, warmup=0, no_int8=True, out=tmp_path, name="bench", project=project)
+    # no --out: the results go to a new run folder (bench2), the training is found in bench_run's folder (bench)
+    again = backbones.run(data=str(data), imgsz=64, cfgs=[str(cfgs[0])], epochs=1, batch_size=4, seed=0, workers=0,
+                          threads=1, runs=2, warmup=0, no_int8=True, name="bench", project=project)
+    assert (project / "bench2" / "backbones.csv").is_file() and not (project / "bench" / "backbones.csv").exists()
     assert (again[0]["map50"], again[0]["map50_95"]) == pytest.approx((float(rows[0]["map50"]),
                                                                        float(rows[0]["map50_95"])))
     assert float(again[0]["torch_ms"]) > 0 and again[0]["train_imgsz"] == 64
     # another recipe (here the training size) is not the same run: it must train, which the stub refuses
-    other = benchmarks.run(data=str(data), imgsz=64, train_imgsz=32, cfgs=[str(cfgs[0])], epochs=1, batch_size=4,
-                           workers=0, threads=1, runs=2, warmup=0, no_int8=True, out=tmp_path, name="bench",
-                           project=project)
-    assert other[0]["map50"] == benchmarks.NA and "trained again" in other[0]["skipped"]
+    other = backbones.run(data=str(data), imgsz=64, train_imgsz=32, cfgs=[str(cfgs[0])], epochs=1, batch_size=4,
+                          workers=0, threads=1, runs=2, warmup=0, no_int8=True, out=tmp_path, name="bench",
+                          project=project)
+    assert other[0]["map50"] == cells.NA and "trained again" in other[0]["skipped"]
 
 
 def test_recipe_ignores_yaml_comments_but_not_rows(tmp_path):
@@ -137,26 +141,26 @@ def test_recipe_ignores_yaml_comments_but_not_rows(tmp_path):
     b.write_text("# a new comment line\n" + src.replace("# P3/8", "# small objects"))
     c.write_text(src.replace("width_multiple: 0.25", "width_multiple: 0.5"))
     args = ("shapes.yaml", 10, 192, 0, 16, "hyp.scratch-adam.yaml", "Adam", 16)
-    ra, rb, rc = (benchmarks.training_recipe(f, *args) for f in (a, b, c))
+    ra, rb, rc = (training.training_recipe(f, *args) for f in (a, b, c))
     assert ra["model_sha1"] == rb["model_sha1"] != rc["model_sha1"]
 
 
 def test_broken_yaml_skipped_with_reason(bench_run):
     rows, *_ = bench_run
     r = rows[2]
-    assert r["params"] == r["torch_ms"] == r["map50_95"] == benchmarks.NA
+    assert r["params"] == r["torch_ms"] == r["map50_95"] == cells.NA
     assert "NoSuchBlock" in r["skipped"] and "does not build" in r["skipped"]
-    assert r["cpu"] == benchmarks.cpu_model()  # the machine is recorded for failed rows too
+    assert r["cpu"] == machine.cpu_model()  # the machine is recorded for failed rows too
 
 
 def test_png_and_markdown_written(bench_run):
     rows, out, *_ = bench_run
-    png = out / "bench.png"
+    png = out / "backbones.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     im = cv2.imread(str(png))
     assert im is not None and im.shape[0] > 300 and im.shape[1] > 300
-    md = (out / "bench.md").read_text()
-    assert "| tiny_v5 |" in md and "| tiny_ghost |" in md and "python bench" in md and "bench.png" in md
+    md = (out / "backbones.md").read_text()
+    assert "| tiny_v5 |" in md and "| tiny_ghost |" in md and "python bench" in md and "backbones.png" in md
     assert "tiny_broken: " in md  # the skip reason is listed under the table
 
 
@@ -164,8 +168,8 @@ def test_pareto_front():
     # (latency, mAP): 0 fastest; 4 ties 0 on mAP but is slower; 1 slower and worse than 2; 3 slowest and best
     x = [10.0, 20.0, 15.0, 30.0, 12.0]
     y = [0.30, 0.25, 0.40, 0.50, 0.30]
-    assert benchmarks.pareto_front(x, y) == [0, 2, 3]
-    assert benchmarks.pareto_front([5.0], [0.1]) == [0]
+    assert report.pareto_front(x, y) == [0, 2, 3]
+    assert report.pareto_front([5.0], [0.1]) == [0]
 
 
 def _front(ax):
@@ -177,7 +181,7 @@ def _front(ax):
 def test_chart_one_panel_per_backend_with_its_front_and_gflops_fallback():
     rows = [{"model": m, "torch_ms": t, "ort_fp32_ms": o, "map50_95": a, "gflops": g}
             for m, t, o, a, g in (("a", 9, 10, 0.30, 1.0), ("b", 8, 20, 0.25, 2.0), ("c", 14, 15, 0.40, 3.0))]
-    fig = benchmarks.make_chart(rows, "machine")
+    fig = report.make_chart(rows, "machine")
     ort_ax, torch_ax = fig.axes  # no INT8 column in any row: no INT8 panel
     assert "ONNX Runtime FP32" in ort_ax.get_xlabel() and ort_ax.get_ylabel() == "mAP50-95"
     assert _front(ort_ax) == ([10, 15], [0.30, 0.40])  # b is slower and worse than a under ONNX Runtime ...
@@ -186,10 +190,10 @@ def test_chart_one_panel_per_backend_with_its_front_and_gflops_fallback():
         assert sorted(t.get_text() for t in ax.texts) == ["a", "b", "c"]
     assert "machine" in fig._suptitle.get_text()
 
-    rows[1]["ort_fp32_ms"] = benchmarks.NA  # a model without ONNX is left out of that panel only
+    rows[1]["ort_fp32_ms"] = cells.NA  # a model without ONNX is left out of that panel only
     for r in rows:
-        r["map50_95"] = benchmarks.NA
-    ort_ax, torch_ax = benchmarks.make_chart(rows).axes
+        r["map50_95"] = cells.NA
+    ort_ax, torch_ax = report.make_chart(rows).axes
     assert "GFLOPs" in ort_ax.figure._suptitle.get_text() and ort_ax.get_ylabel() == "GFLOPs"
     assert _front(ort_ax) is None and _front(torch_ax) is None  # no mAP: no front
     assert sorted(tuple(p) for p in ort_ax.collections[0].get_offsets()) == [(10, 1.0), (15, 3.0)]
@@ -199,7 +203,7 @@ def test_chart_one_panel_per_backend_with_its_front_and_gflops_fallback():
 def test_chart_labels_of_coinciding_models_do_not_overlap():
     rows = [{"model": m, "ort_fp32_ms": o, "map50_95": a}
             for m, o, a in (("yolov5n_RepVGG", 6.0, 0.400), ("yolov5n_ReLU", 6.05, 0.401), ("far", 12.0, 0.2))]
-    ax = benchmarks.make_chart(rows).axes[0]
+    ax = report.make_chart(rows).axes[0]
     ax.figure.canvas.draw()
     boxes = {t.get_text(): t.get_window_extent() for t in ax.texts}
     assert not boxes["yolov5n_RepVGG"].overlaps(boxes["yolov5n_ReLU"])
@@ -216,16 +220,16 @@ def test_latency_torch_counts_runs_and_threads():
             return x
 
     before = torch.get_num_threads()
-    ms = benchmarks.measure_latency_torch(Probe(), 32, threads=1, runs=5, warmup=2)
+    ms = timing.measure_latency_torch(Probe(), 32, threads=1, runs=5, warmup=2)
     # the input is channels_last by default: the CPU path DetectBackend runs (NCHW would be the slow path)
     assert ms >= 0 and len(calls) == 7 and set(calls) == {((1, 3, 32, 32), 1, True)}
     assert torch.get_num_threads() == before == 2  # the caller's thread setting is restored
     calls.clear()
-    benchmarks.measure_latency_torch(Probe(), 32, threads=1, runs=1, warmup=0, channels_last=False)
+    timing.measure_latency_torch(Probe(), 32, threads=1, runs=1, warmup=0, channels_last=False)
     assert calls == [((1, 3, 32, 32), 1, False)]
     torch.set_num_threads(1)
     with pytest.raises(ValueError, match="runs"):
-        benchmarks.measure_latency_torch(Probe(), 32, runs=0)
+        timing.measure_latency_torch(Probe(), 32, runs=0)
 
 
 def test_results_csv_best_fitness_row(tmp_path):
@@ -234,24 +238,67 @@ def test_results_csv_best_fitness_row(tmp_path):
     lines = [",".join(f"{h:>20}" for h in head)] + [",".join(f"{v:>20}" for v in r) for r in
                                                      ((0, 0.1, 0.50, 0.20), (1, 0.1, 0.40, 0.25), (2, 0.1, 0.9, 0.1))]
     f.write_text("\n".join(lines) + "\n")
-    assert benchmarks._results_csv_metrics(f) == (0.40, 0.25)  # fitness 0.1*mAP50 + 0.9*mAP50-95 picks epoch 1
+    assert training._results_csv_metrics(f) == (0.40, 0.25)  # fitness 0.1*mAP50 + 0.9*mAP50-95 picks epoch 1
 
 
 def test_stage_records_failure_and_keeps_going():
-    row = benchmarks.Row(model="m")
+    row = cells.Row(model="m")
     assert row.stage(("a", "b"), lambda: (1, 2.5)) == (1, 2.5) and (row["a"], row["b"]) == (1, 2.5)
-    assert row.stage(("c",), lambda: 1 / 0) is None and row["c"] == benchmarks.NA
-    row.stage(("d",), lambda: (_ for _ in ()).throw(benchmarks.Skip("no backend; here")))
-    out = benchmarks.finish_row(row, {"cpu": "x"})
+    assert row.stage(("c",), lambda: 1 / 0) is None and row["c"] == cells.NA
+    row.stage(("d",), lambda: (_ for _ in ()).throw(cells.Skip("no backend; here")))
+    out = cells.finish_row(row, {"cpu": "x"})
     assert out["skipped"] == "c: ZeroDivisionError: division by zero; d: no backend, here; " + \
-        "+".join(c for c in benchmarks.COLUMNS if c not in ("model", "a", "b", "c", "d", "cpu", "skipped")) + \
+        "+".join(c for c in cells.COLUMNS if c not in ("model", "a", "b", "c", "d", "cpu", "skipped")) + \
         ": not measured"
 
 
 def test_cli_bad_arguments_are_one_line_errors():
     for args, msg in ((["--cfgs", "nope*.yaml"], "ERROR: --cfgs nope*.yaml: no model yaml matches"),
                       (["--epochs", "-1", "--cfgs", "models/yolov5n.yaml"], "ERROR: --epochs must be >= 0")):
-        p = subprocess.run([sys.executable, str(ROOT / "benchmarks.py"), *args], cwd=ROOT, capture_output=True,
+        p = subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT, capture_output=True,
                            text=True, timeout=120)
         assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
         assert msg in p.stderr + p.stdout
+
+
+def _git_status() -> set[str] | None:
+    """Every changed, untracked or ignored path of the checkout (`git status`), None outside a git checkout."""
+    if shutil.which("git") is None:
+        return None
+    p = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    return set(p.stdout.splitlines()) if p.returncode == 0 else None
+
+
+def test_default_run_leaves_the_checkout_unchanged_outside_runs(tmp_path):
+    before = _git_status()
+    if before is None:
+        pytest.skip("not a git checkout")
+    runs = ROOT / "runs" / "benchmark"
+    folders = set(runs.glob("exp*"))
+    data = _write_dataset(tmp_path / "data")
+    cfg = _write_yamls(tmp_path)[0]
+    try:  # no --project, --name or --out: what a user's first try writes
+        backbones.main(["--data", str(data), "--cfgs", str(cfg), "--imgsz", "32", "--epochs", "0", "--runs", "1",
+                        "--warmup", "0", "--threads", "1", "--no-int8"])
+        new = set(runs.glob("exp*")) - folders
+        assert len(new) == 1 and (next(iter(new)) / "backbones.csv").is_file()  # runs/benchmark/exp, exp2, ...
+        changed = {line for line in _git_status() - before
+                   if not line[3:].startswith("runs/") and "__pycache__" not in line}
+        assert not changed, f"a default run changed the checkout outside runs/: {sorted(changed)}"
+    finally:
+        for f in set(runs.glob("exp*")) - folders:
+            shutil.rmtree(f, ignore_errors=True)
+
+
+def test_bench_models_writes_to_a_run_folder_unless_out_names_a_file(tmp_path):
+    cfg = _write_yamls(tmp_path)[0]
+    args = ["--cfg", str(cfg), "--imgsz", "32", "--runs", "1", "--threads", "1", "--project", str(tmp_path / "p")]
+    for _ in range(2):
+        bench_models.main(bench_models.parse_opt(args))
+    assert [f.relative_to(tmp_path).as_posix() for f in sorted((tmp_path / "p").rglob("*.md"))] == \
+        ["p/models/models.md", "p/models2/models.md"]  # a second run does not overwrite the first
+    out = tmp_path / "published" / "models.md"
+    text = bench_models.main(bench_models.parse_opt([*args, "--out", str(out)]))
+    assert out.read_text() == text and len(list((tmp_path / "p").iterdir())) == 2
+    assert report.results_file(None, tmp_path / "q", "export", "export.md") == tmp_path / "q" / "export" / "export.md"

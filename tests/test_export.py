@@ -20,8 +20,6 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import export  # noqa: E402
 from models.yolo import Model  # noqa: E402
@@ -437,7 +435,7 @@ def test_int8_quantises_backbone_and_keeps_head_float(checkpoint, tiny_data, tmp
     assert meta["stride"] == "32" and json.loads(meta["int8"]) is True
     # INT8 tracks FP32 on an image like the calibration ones. A random network is a harsh case (its features
     # vary little across positions, so the quantisation step is large against the signal): the accuracy that
-    # matters is benchmarks/bench_export.py's mAP on a trained model; this catches broken scales or calibration
+    # matters is benchmarks.bench_export's mAP on a trained model; this catches broken scales or calibration
     # inputs (correlation near 0).
     x = torch.from_numpy(export.letterbox_rgb(str(next((tiny_data.parent / "images" / "val").glob("*.png"))),
                                               (64, 64)))
@@ -490,8 +488,7 @@ def test_detect_on_exported_file_agrees_with_pt(checkpoint, tiny_data, tmp_path)
 
 
 def test_bench_export_times_backends_in_rewarmed_blocks(monkeypatch):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import bench_export
+    from benchmarks import bench_export
     calls = []
     monkeypatch.setattr(bench_export.time_callables.__globals__["time"], "sleep", lambda s: calls.append(f"<{s}>"))
     out = bench_export.time_callables({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},

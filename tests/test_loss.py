@@ -1,7 +1,6 @@
 """ComputeLoss: parity with the YOLOv5 7.0 oracle, target assignment, focal/smoothing options, optimisation."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from utils.loss import ComputeLoss, FocalLoss, smooth_BCE  # noqa: E402
 

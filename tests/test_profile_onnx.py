@@ -1,19 +1,17 @@
-"""benchmarks/profile_onnx.py: per-operator kernel time of an exported graph, depthwise convs counted apart."""
+"""benchmarks.profile_onnx: per-operator kernel time of an exported graph, depthwise convs counted apart."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
 pytest.importorskip("onnxruntime")
 import export  # noqa: E402
-import profile_onnx  # noqa: E402
+from benchmarks import profile_onnx  # noqa: E402
 from models.yolo import Model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_profile_splits_depthwise_convs_and_tables_files(tmp_path):

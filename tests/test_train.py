@@ -15,7 +15,6 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402
 from models.yolo import Model  # noqa: E402

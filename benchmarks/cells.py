@@ -1,0 +1,71 @@
+"""The cells of the backbone table: its columns, 'n/a' cells and the reasons a stage was skipped."""
+from __future__ import annotations
+
+import math
+
+from utils.general import first_line
+
+NA = "n/a"
+METRIC_COLUMNS = ["model", "params", "gflops", "torch_ms", "ort_fp32_ms", "ort_int8_ms", "torch_mem_mb",
+                  "ort_fp32_mem_mb", "ort_int8_mem_mb", "onnx_fp32_mb", "onnx_int8_mb", "map50", "map50_95",
+                  "train_s"]
+RECIPE_COLUMNS = ["epochs", "imgsz", "train_imgsz", "batch_size", "optimizer", "nbs", "hyp", "seed", "data", "cfg",
+                  "threads", "warmup", "runs"]
+MACHINE_COLUMNS = ["cpu", "cpu_isa", "cores", "torch_version", "onnxruntime_version", "python", "os", "date",
+                   "load_avg"]
+COLUMNS = METRIC_COLUMNS + RECIPE_COLUMNS + MACHINE_COLUMNS + ["skipped"]
+
+
+class Skip(Exception):
+    """A stage that cannot run here (missing backend, nothing to measure); the message is the reason."""
+
+
+def failure_reason(e: BaseException) -> str:
+    """One line for the 'skipped' column: the message of a Skip, 'Type: first line' of anything else."""
+    msg = first_line(e) if str(e).strip() else ""
+    return msg if isinstance(e, Skip) else f"{type(e).__name__}: {msg}".rstrip(": ")
+
+
+class Row(dict):
+    """One CSV row; stage() runs a measurement and records either its values or 'n/a' with the reason."""
+
+    def stage(self, columns: tuple[str, ...], fn, keep: bool = False):
+        """Store fn()'s value(s) in columns; on any exception mark them 'n/a' with the reason and return None.
+        keep: return fn()'s result without storing it (an intermediate such as a file or a model)."""
+        try:
+            value = fn()
+        except Exception as e:  # any failure of one stage must not stop the others
+            self.skip(columns, failure_reason(e))
+            return None
+        if not keep:
+            for c, v in zip(columns, value if isinstance(value, tuple) else (value,)):
+                self[c] = v
+        return value
+
+    def skip(self, columns, reason: str) -> None:
+        """Mark columns 'n/a' and record why (one line, no ';' which separates reasons)."""
+        reason = " ".join(reason.replace(";", ",").split())[:300]
+        for c in columns:
+            self[c] = NA
+        self.setdefault("_reasons", []).append(f"{'+'.join(columns)}: {reason}")
+
+
+def as_float(v) -> float | None:
+    """A CSV cell as a float, None for 'n/a' or anything non-numeric."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def finish_row(row: Row, machine: dict) -> dict:
+    """Machine columns, explicit 'n/a' for anything unset, reasons joined into 'skipped'."""
+    reasons = row.pop("_reasons", [])
+    out = {**row, **machine}
+    missing = [c for c in COLUMNS if c != "skipped" and out.get(c) in (None, "")]
+    if missing:
+        reasons.append(f"{'+'.join(missing)}: not measured")
+        out.update({c: NA for c in missing})
+    out["skipped"] = "; ".join(reasons) or "none"
+    return out
