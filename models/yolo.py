@@ -19,7 +19,7 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
 import models.common  # noqa: E402,F401  (registers every block family)
-from models.blocks.conv import default_activation  # noqa: E402
+from models.layers import default_activation  # noqa: E402
 from models.blocks.heads import Detect, Segment  # noqa: E402
 from models.registry import Row, YamlError, parse_activation, policy_of, resolve_arg, resolve_module  # noqa: E402
 from utils.general import LOGGER, check_yaml, first_line  # noqa: E402

@@ -55,9 +55,13 @@ def initialize_weights(model: nn.Module) -> None:
             m.inplace = True
 
 
-def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    from models.blocks.conv import fuse_conv_and_bn as _fuse
-    return _fuse(conv, bn)
+def __getattr__(name: str):
+    """YOLOv5's `from utils.torch_utils import fuse_conv_and_bn`: the layer lives in models.layers, imported on
+    first use so that utils does not import models when it is loaded."""
+    if name == "fuse_conv_and_bn":
+        from models.layers import fuse_conv_and_bn
+        return fuse_conv_and_bn
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def model_flops(model: nn.Module, img_size=640) -> float | None:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from models.blocks.conv import Conv
 from models.blocks.mobilenet import MobileNetV2_Block
 from models.blocks.torchvision_backbone import load_state_dict_file
+from models.layers import Conv
 from utils.general import LOGGER
 
 

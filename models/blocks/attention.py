@@ -1,45 +1,23 @@
-"""Channel and spatial attention: squeeze-and-excitation (Hu et al., 2018) and CBAM (Woo et al., 2018)."""
+"""Channel and spatial attention: CBAM (Woo et al., 2018); squeeze-and-excitation (Hu et al., 2018) lives in
+models.layers and is re-exported here."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from models.blocks.conv import make_act
-from models.registry import Row, register, single_input
-
-
-def keep_channels(row: Row):
-    """Attention rows are [*options]: the block is built as (c1, *options) and keeps c1 channels."""
-    c1 = single_input(row)
-    return [c1, *row.args], c1, row.n
-
-
-@register
-class SE(nn.Module):
-    """Squeeze-and-excitation gate (Hu et al., 2018): global pool -> 1x1 squeeze -> act -> 1x1 excite -> gate."""
-    yaml_args = staticmethod(keep_channels)
-
-    def __init__(self, c1: int, c_sq: int | float = 0.25, act: nn.Module | None = None, gate: nn.Module | None = None):
-        super().__init__()
-        # c_sq is a width when >= 1, else a ratio of c1 (yaml rows write [0.25])
-        c_ = int(c_sq) if c_sq >= 1 else max(1, int(c1 * c_sq))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(c1, c_, 1)
-        self.act = make_act(act if act is not None else nn.ReLU())
-        self.fc2 = nn.Conv2d(c_, c1, 1)
-        self.gate = make_act(gate if gate is not None else nn.Sigmoid())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(self.fc2(self.act(self.fc1(self.pool(x)))))
+from models.layers import SE, block_act, keep_channels  # noqa: F401  (SE and keep_channels: old import path)
+from models.registry import register
 
 
 class ChannelAttention(nn.Module):
-    """CBAM channel attention (Woo et al., 2018): a shared MLP over avg- and max-pooled descriptors."""
+    """CBAM channel attention (Woo et al., 2018): a shared MLP over avg- and max-pooled descriptors; the MLP's
+    activation is the paper's ReLU unless `act` or the yaml's ``activation:`` says otherwise."""
 
-    def __init__(self, c1: int, r: int = 16):
+    def __init__(self, c1: int, r: int = 16, act=None):
         super().__init__()
         c_ = max(1, c1 // r)
-        self.mlp = nn.Sequential(nn.Conv2d(c1, c_, 1, bias=False), nn.ReLU(), nn.Conv2d(c_, c1, 1, bias=False))
+        self.mlp = nn.Sequential(nn.Conv2d(c1, c_, 1, bias=False), block_act(act, nn.ReLU()),
+                                 nn.Conv2d(c_, c1, 1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         avg = self.mlp(x.mean((2, 3), keepdim=True))
@@ -66,9 +44,9 @@ class CBAM(nn.Module):
     """Convolutional block attention module (Woo et al., 2018): channel attention, then spatial attention."""
     yaml_args = staticmethod(keep_channels)
 
-    def __init__(self, c1: int, r: int = 16, k: int = 7):
+    def __init__(self, c1: int, r: int = 16, k: int = 7, act=None):
         super().__init__()
-        self.channel = ChannelAttention(c1, r)
+        self.channel = ChannelAttention(c1, r, act)
         self.spatial = SpatialAttention(k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.blocks.conv import Conv
+from models.layers import Conv
 from models.registry import register
 
 

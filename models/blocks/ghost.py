@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.blocks.conv import Conv, DWConv
 from models.blocks.csp import CSPBase
+from models.layers import Conv, DWConv
 from models.registry import register
 
 

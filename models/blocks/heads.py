@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn as nn
 
-from models.blocks.conv import Conv
+from models.layers import Conv
 from models.registry import Row, head, register
 
 

@@ -5,21 +5,14 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.blocks.attention import SE
-from models.blocks.conv import Conv, DWConv
+from models.layers import SE, Conv, DWConv, block_act, round_channels  # noqa: F401  (round_channels: old path)
 from models.registry import Row, YamlError, channels, register
-
-
-def round_channels(v: float, divisor: int = 8, min_value: int | None = None) -> int:
-    """Nearest multiple of divisor, never more than 10% below v (the MobileNet/EfficientNet width rule)."""
-    min_value = min_value or divisor
-    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
-    return new_v + divisor if new_v < 0.9 * v else new_v
 
 
 @register
 class DWSConv(nn.Module):
-    """Depthwise-separable conv (MobileNetV1, Howard et al., 2017): kxk depthwise then 1x1 pointwise."""
+    """Depthwise-separable conv (MobileNetV1, Howard et al., 2017): kxk depthwise then 1x1 pointwise. Both take
+    Conv's default activation (SiLU, or the yaml's ``activation:``) unless `act` says otherwise."""
     yaml_args = "channels"
 
     def __init__(self, c1: int, c2: int, k: int = 3, s: int = 1, act: nn.Module | bool = True):
@@ -33,14 +26,16 @@ class DWSConv(nn.Module):
 
 @register
 class MobileNetV2_Block(nn.Module):
-    """Inverted residual with linear bottleneck (MobileNetV2, Sandler et al., 2018)."""
+    """Inverted residual with linear bottleneck (MobileNetV2, Sandler et al., 2018). Expand and depthwise convs use
+    ReLU (the paper's ReLU6 without the cap; torchvision uses ReLU6) unless `act` or the yaml's ``activation:``
+    says otherwise; the projection stays linear, as the paper requires."""
     yaml_args = "channels"
 
-    def __init__(self, c1: int, c2: int, s: int = 1, t: float = 1, act: nn.Module | None = None):
+    def __init__(self, c1: int, c2: int, s: int = 1, t: float = 1, act=None):
         super().__init__()
         if s not in (1, 2):
             raise ValueError(f"MobileNetV2_Block stride must be 1 or 2, got {s}")
-        act = act if act is not None else nn.ReLU()  # the measured yaml uses ReLU; torchvision uses ReLU6
+        act = block_act(act, nn.ReLU())
         c_ = int(round(c1 * t))
         self.expand = Conv(c1, c_, 1, 1, act=act) if t != 1 else nn.Identity()
         self.dw = DWConv(c_, c_, 3, s, act=act)
@@ -54,7 +49,8 @@ class MobileNetV2_Block(nn.Module):
 
 @register
 class conv_bn_hswish(nn.Module):  # noqa: N801  (the lower-case name is the one MobileNetV3 yamls use)
-    """MobileNetV3 stem (Howard et al., 2019): 3x3 conv, BN, hard-swish."""
+    """MobileNetV3 stem (Howard et al., 2019): 3x3 conv, BN, hard-swish. The paper fixes hard-swish here, so the
+    yaml's ``activation:`` key does not reach it."""
     yaml_args = "channels"
 
     def __init__(self, c1: int, c2: int, s: int = 2):
@@ -76,7 +72,9 @@ def mobilenetv3_args(row: Row):
 
 @register
 class MobileNetV3_Block(nn.Module):
-    """MobileNetV3 bottleneck (Howard et al., 2019): 1x1 expand, kxk depthwise, optional SE, linear 1x1 project."""
+    """MobileNetV3 bottleneck (Howard et al., 2019): 1x1 expand, kxk depthwise, optional SE, linear 1x1 project.
+    The activation is the paper's per-layer schedule, set by the row's `hs` flag (hard-swish, else ReLU), and the
+    SE is ReLU + hard-sigmoid: the paper fixes both, so the yaml's ``activation:`` key does not reach this block."""
     yaml_args = staticmethod(mobilenetv3_args)
 
     def __init__(self, c1: int, c2: int, c_exp: int, k: int = 3, s: int = 1, se: bool = False, hs: bool = False):

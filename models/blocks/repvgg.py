@@ -5,8 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.blocks.attention import SE
-from models.blocks.conv import Conv, fuse_conv_and_bn, make_act
+from models.layers import SE, Conv, block_act, fuse_conv_and_bn
 from models.registry import register
 
 
@@ -18,11 +17,12 @@ def _fold(unit: Conv) -> tuple[torch.Tensor, torch.Tensor]:
 
 @register
 class RepVGGBlock(nn.Module):
-    """RepVGG block (Ding et al., 2021): kxk+BN, 1x1+BN and BN-identity branches summed, folded into one kxk conv."""
+    """RepVGG block (Ding et al., 2021): kxk+BN, 1x1+BN and BN-identity branches summed, folded into one kxk conv.
+    The activation after the sum is the paper's ReLU unless `act` or the yaml's ``activation:`` says otherwise."""
     yaml_args = "channels"
 
     def __init__(self, c1: int, c2: int, k: int = 3, s: int = 1, g: int = 1, se: bool = False,
-                 act: nn.Module | bool | None = None):
+                 act=None):
         super().__init__()
         if k % 2 == 0 or k < 3:
             raise ValueError(f"RepVGGBlock kernel must be odd and >= 3, got {k}")
@@ -32,7 +32,7 @@ class RepVGGBlock(nn.Module):
         self.one = Conv(c1, c2, 1, s, p=0, g=g, act=False)
         self.identity = nn.BatchNorm2d(c1) if c1 == c2 and s == 1 else None
         self.se = SE(c2, max(1, c2 // 16)) if se else nn.Identity()  # RepVGG-SE: gate on the summed branches
-        self.act = make_act(act if act is not None else nn.ReLU())  # RepVGG's ReLU unless told otherwise
+        self.act = block_act(act, nn.ReLU())
 
     @property
     def g(self) -> int:

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from models.blocks.conv import fuse_conv_and_bn
+from models.layers import fuse_conv_and_bn
 from models.registry import Row, YamlError, register, single_input
 from utils.general import LOGGER, ROOT, first_line
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.blocks.conv import Conv, DWConv
 from models.blocks.csp import CSPBase
-from models.blocks.mobilenet import round_channels
+from models.layers import Conv, DWConv, round_channels
 from models.registry import register
 
 # variant -> (start depthwise?, middle depthwise?)  (MobileNetV4 paper, Fig. 4)
