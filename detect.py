@@ -28,11 +28,9 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from utils.general import LOGGER, clean_str, colorstr, first_line, increment_path  # noqa: E402
+from utils.general import LOGGER, TQDM_BAR_FORMAT, clean_str, colorstr, first_line, increment_path  # noqa: E402
 from utils.predictor import Detections, load, save_crop  # noqa: E402
 from utils.sources import Frame, LoadFiles, open_source  # noqa: E402
-
-TQDM_FORMAT = "{l_bar}{bar:10}{r_bar}"
 
 
 class VideoSink:
@@ -131,7 +129,7 @@ def run(weights=ROOT / "yolov5s.pt", source=ROOT / "data/images", data=None, img
     sink, frames_done = VideoSink(), 0
     try:
         with logging_redirect_tqdm(loggers=[LOGGER]), \
-                tqdm(total=total, disable=not show_bar, bar_format=TQDM_FORMAT, desc="detect", unit="img") as bar:
+                tqdm(total=total, disable=not show_bar, bar_format=TQDM_BAR_FORMAT, desc="detect", unit="img") as bar:
             for frames in loader:
                 dets = predictor.predict([f.im0 for f in frames], [f.path for f in frames])
                 h, w = predictor.last_input_shape[2:]

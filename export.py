@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
 from models.blocks.heads import Detect, Segment  # noqa: E402
-from utils.general import LOGGER, check_img_size, colorstr, first_line  # noqa: E402
+from utils.general import LOGGER, TQDM_BAR_FORMAT, check_img_size, colorstr, first_line  # noqa: E402
 from utils.nms import MAX_WH  # noqa: E402
 from utils.torch_utils import select_device  # noqa: E402
 
@@ -409,7 +409,7 @@ def quantize_int8(fp32_file: str | Path, int8_file: str | Path, data, imgsz, hea
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = iter(tqdm(files, desc=f"{colorstr('INT8:')} calibrating", bar_format="{l_bar}{bar:10}{r_bar}"))
+            self.it = iter(tqdm(files, desc=f"{colorstr('INT8:')} calibrating", bar_format=TQDM_BAR_FORMAT))
 
         def get_next(self):
             for f in self.it:

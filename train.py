@@ -45,14 +45,15 @@ from utils.callbacks import Callbacks  # noqa: E402
 from utils.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_checkpoint  # noqa: E402
 from utils.checkpoint import strip_optimizer, to_plain  # noqa: E402
 from utils.dataloaders import check_dataset, create_dataloader  # noqa: E402
-from utils.general import LOGGER, check_img_size, check_yaml, colorstr, first_line, increment_path  # noqa: E402
+from utils.general import LOGGER, TQDM_BAR_FORMAT, check_img_size, check_yaml, colorstr, increment_path  # noqa: E402
+from utils.general import load_yaml  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
 from utils.metrics import fitness  # noqa: E402
 from utils.optim import OPTIMIZERS, lr_lambda, smart_optimizer, warmup_iterations, warmup_step  # noqa: E402
 from utils.torch_utils import LOCAL_RANK, RANK, WORLD_SIZE, ModelEMA, de_parallel, select_device  # noqa: E402
-from utils.torch_utils import torch_distributed_zero_first  # noqa: E402
+from utils.torch_utils import load_matching, torch_distributed_zero_first  # noqa: E402
 
-TQDM_FORMAT = "{l_bar}{bar:10}{r_bar}"
+TQDM_FORMAT = TQDM_BAR_FORMAT  # the one bar format of every script (utils.general)
 REQUIRED_HYP = ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr",
                 "box", "cls", "cls_pw", "obj", "obj_pw", "anchor_t")
 RESULT_KEYS = ("train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
@@ -108,12 +109,9 @@ def transfer_weights(model: nn.Module, state_dict: dict, exclude: tuple[str, ...
 
     Logs 'Transferred X/Y tensors from source' and returns X.
     """
-    own = model.state_dict()
-    picked = {k: v for k, v in state_dict.items()
-              if k in own and not any(x in k for x in exclude) and tuple(v.shape) == tuple(own[k].shape)}
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in picked.items()}, strict=False)
-    LOGGER.info(f"Transferred {len(picked)}/{len(own)} tensors from {source or 'state_dict'}")
-    return len(picked)
+    n, total = load_matching(model, state_dict, exclude=exclude)
+    LOGGER.info(f"Transferred {n}/{total} tensors from {source or 'state_dict'}")
+    return n
 
 
 def freeze_layers(model: nn.Module, freeze: list[int]) -> list[str]:
@@ -176,12 +174,7 @@ def load_hyp(hyp) -> dict:
     else:
         f = check_yaml(hyp)
         where = str(f)
-        try:
-            h = yaml.safe_load(f.read_text(errors="ignore")) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{where}: invalid yaml ({first_line(e)})") from None
-        if not isinstance(h, dict):
-            raise ValueError(f"{where}: expected a mapping of hyperparameters")
+        h = load_yaml(f, "a mapping of hyperparameters", empty_ok=True)
     missing = [k for k in REQUIRED_HYP if k not in h]
     if missing:
         raise ValueError(f"{where}: missing hyperparameters {', '.join(missing)} (see data/hyps/hyp.scratch-low.yaml)")

@@ -15,7 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -26,15 +25,11 @@ if str(ROOT) not in sys.path:
 
 from utils.backends import DetectBackend  # noqa: E402
 from utils.boxes import scale_boxes, xywh2xyxy, xyxy2xywh  # noqa: E402
-from utils.general import LOGGER, check_img_size, colorstr, first_line, increment_path  # noqa: E402
+from utils.general import LOGGER, TQDM_BAR_FORMAT, check_img_size, colorstr, first_line, increment_path  # noqa: E402
 from utils.metrics import COCO_MAX_DETS, ConfusionMatrix, DetectionMetrics, xyxy2coco  # noqa: E402
 from utils.nms import non_max_suppression  # noqa: E402
 from utils.torch_utils import select_device, time_sync  # noqa: E402
 
-TQDM_FORMAT = "{l_bar}{bar:10}{r_bar}"
-# OpenCV's own thread pool spins against torch's on small CPUs: measured 40x slower convolutions on 2 cores
-# once the dataloader had resized a few images in this process. The loader's images are small work anyway.
-cv2.setNumThreads(0)
 # COCO's 80 training classes -> the 91 category ids of the official annotation files
 COCO80_TO_91 = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31,
                 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58,
@@ -224,7 +219,7 @@ def run(data, weights=None, batch_size: int = 32, imgsz: int = 640, conf_thres: 
     jdict, gt_records, seen = [], [], 0
     end2end = getattr(model, "end2end", False)  # exported with NMS: already per-image (k, 6) detections
     _callback(callbacks, "on_val_start")
-    pbar = tqdm(dataloader, desc=s, bar_format=TQDM_FORMAT, disable=not len(dataloader))
+    pbar = tqdm(dataloader, desc=s, bar_format=TQDM_BAR_FORMAT, disable=not len(dataloader))
     for batch_i, (im, targets, paths, shapes) in enumerate(pbar):
         _callback(callbacks, "on_val_batch_start")
         t1 = time_sync()

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.cells import METRIC_COLUMNS, NA, Row, Skip, failure_reason, finish_row
 from benchmarks.machine import load_1min, machine_info
 from benchmarks.memory import finish_peak_memory, measure_peak_memory, start_peak_memory
 from benchmarks.report import format_table, markdown_report, plot_results, write_csv
-from benchmarks.cells import METRIC_COLUMNS, NA, Row, Skip, failure_reason, finish_row
 from benchmarks.timing import measure_latency_onnx, measure_latency_torch
 from benchmarks.training import train_and_eval
 from utils.general import LOGGER, increment_path

@@ -7,10 +7,8 @@ from __future__ import annotations
 import argparse
 import time
 
-import yaml
-
 from utils.dataloaders import check_dataset, create_dataloader
-from utils.general import check_yaml
+from utils.general import check_yaml, load_yaml
 
 
 def loader_throughput(path, imgsz: int, batch_size: int, hyp: dict, workers: int, batches: int, cache=False) -> float:
@@ -42,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cache", default=None, choices=(None, "ram", "disk"))
     a = p.parse_args(argv)
     d = check_dataset(a.data)
-    hyp = yaml.safe_load(check_yaml(a.hyp).read_text())
+    hyp = load_yaml(check_yaml(a.hyp), "a mapping of hyperparameters")
     out = {}
     for w in a.workers:
         out[w] = loader_throughput(d["train"], a.imgsz, a.batch_size, hyp, w, a.batches, a.cache)

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 import export
+from benchmarks.cells import failure_reason
 from benchmarks.machine import machine_info
 from benchmarks.report import results_file
-from benchmarks.cells import failure_reason
 from benchmarks.timing import time_callables
 from models.yolo import Model
 from utils.backends import DetectBackend, onnx_session

@@ -18,12 +18,11 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from benchmarks.bench_dataloader import loader_throughput
 from models.yolo import Model
 from utils.dataloaders import check_dataset, create_dataloader
-from utils.general import check_yaml
+from utils.general import check_yaml, load_yaml
 from utils.loss import ComputeLoss
 from utils.optim import smart_optimizer
 from utils.torch_utils import ModelEMA
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cpus = os.cpu_count() or 1
     torch.set_num_threads(a.threads or max(1, cpus - min(cpus, a.batch_size, max(a.workers))))
     d = check_dataset(a.data)
-    hyp = yaml.safe_load(check_yaml(a.hyp).read_text())
+    hyp = load_yaml(check_yaml(a.hyp), "a mapping of hyperparameters")
 
     loader = {w: loader_throughput(d["train"], a.imgsz, a.batch_size, hyp, w, a.batches) for w in a.workers}
     for w, v in loader.items():

@@ -6,8 +6,8 @@ import math
 import os
 from pathlib import Path
 
-from benchmarks.machine import load_1min
 from benchmarks.cells import COLUMNS, NA, as_float
+from benchmarks.machine import load_1min
 
 TABLE = [  # (column, header, format) of the printed / markdown table
     ("model", "Model", "{}"), ("params", "Params (M)", "{:.2f}"), ("gflops", "GFLOPs", "{:.2f}"),

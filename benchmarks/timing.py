@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+
 def timed_runs(fn, runs: int, warmup: int) -> list[float]:
     """Wall times of fn() in ms over runs calls, after warmup untimed calls (first-call costs excluded)."""
     for _ in range(warmup):

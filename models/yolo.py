@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -22,7 +21,8 @@ import models.common  # noqa: E402,F401  (registers every block family)
 from models.layers import default_activation  # noqa: E402
 from models.blocks.heads import Detect, Segment  # noqa: E402
 from models.registry import Row, YamlError, parse_activation, policy_of, resolve_arg, resolve_module  # noqa: E402
-from utils.general import LOGGER, check_yaml, first_line  # noqa: E402
+from utils.autoanchor import check_anchor_order  # noqa: E402
+from utils.general import LOGGER, check_yaml, first_line, load_yaml  # noqa: E402
 from utils.torch_utils import initialize_weights, model_info, profile_layers, scale_img  # noqa: E402
 
 PROBE_SIZE = 256  # strides are measured on a zeros(1, ch, 256, 256) forward, as YOLOv5 does
@@ -33,13 +33,7 @@ def load_model_yaml(cfg) -> tuple[dict, str]:
     if isinstance(cfg, dict):
         return copy.deepcopy(cfg), cfg.get("yaml_file", "model")
     path = check_yaml(cfg)
-    try:
-        with open(path, errors="ignore") as f:
-            d = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise YamlError(f"{path}: not valid yaml ({first_line(e)})") from None
-    if not isinstance(d, dict):
-        raise YamlError(f"{path}: expected a mapping with nc, backbone and head")
+    d = load_yaml(path, "a mapping with nc, backbone and head", error=YamlError)
     d["yaml_file"] = path.name
     return d, path.name
 
@@ -226,15 +220,6 @@ class DetectionModel(BaseModel):
         i = (y[-1].shape[1] // g) * sum(4 ** (nl - 1 - x) for x in range(1))
         y[-1] = y[-1][:, i:]
         return y
-
-
-def check_anchor_order(m: Detect) -> None:
-    """Anchors must grow with stride; reverse them if the yaml lists them the other way round."""
-    a = m.anchors.prod(-1).mean(-1).view(-1)
-    da, ds = a[-1] - a[0], m.stride[-1] - m.stride[0]
-    if da and (da.sign() != ds.sign()):
-        LOGGER.info("AutoAnchor: Reversing anchor order")
-        m.anchors[:] = m.anchors.flip(0)
 
 
 Model = DetectionModel

@@ -17,7 +17,6 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import yaml
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, distributed
 from tqdm import tqdm
@@ -25,14 +24,14 @@ from tqdm import tqdm
 from utils.augmentations import (DEFAULT_AUGMENT_HYP, augment_hsv, copy_paste, letterbox, mixup, random_flip,
                                  random_perspective)
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
-from utils.general import LOGGER, ROOT, first_line, resolve_file
+from utils.general import LOGGER, ROOT, TQDM_BAR_FORMAT, load_yaml, resolve_file
 
 IMG_FORMATS = ("bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm")
 NUM_THREADS = min(8, max(1, os.cpu_count() or 1))
 CACHE_VERSION = 1
 MIN_IMAGE_SIDE = 10
 EXIF_ORIENTATION = 0x0112
-TQDM_FORMAT = "{l_bar}{bar:10}{r_bar}"
+TQDM_FORMAT = TQDM_BAR_FORMAT  # the one bar format of every script (utils.general)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -123,12 +122,7 @@ def check_dataset(data: str | Path | dict, autogenerate: bool = True) -> dict:
     else:
         yaml_file = resolve_file(data, ("data",), kind="dataset yaml")
         yaml_name = str(yaml_file)
-        try:
-            d = yaml.safe_load(yaml_file.read_text(errors="ignore"))
-        except yaml.YAMLError as e:
-            raise ValueError(f"{yaml_name}: invalid YAML ({first_line(e)})") from None
-        if not isinstance(d, dict):
-            raise ValueError(f"{yaml_name}: expected a mapping with keys path/train/val/names")
+        d = load_yaml(yaml_file, "a mapping with keys path/train/val/names")
         d["yaml_file"] = str(yaml_file)
 
     for k in ("train", "val"):

@@ -15,6 +15,7 @@ import cv2
 cv2.setNumThreads(0)
 
 ROOT = Path(__file__).resolve().parents[1]
+TQDM_BAR_FORMAT = "{l_bar}{bar:10}{r_bar}"  # every progress bar: a 10-character bar between the counts
 LOGGER = logging.getLogger("yolov5lite")
 if not LOGGER.handlers:
     _handler = logging.StreamHandler()
@@ -82,6 +83,21 @@ def resolve_file(name: str | Path, search_dirs: tuple[str, ...] = (), kind: str 
 def check_yaml(name: str | Path) -> Path:
     """Resolve a model/data/hyp yaml by bare name under models/, data/ or data/hyps/."""
     return resolve_file(name, ("models", "data", "data/hyps"), kind="yaml")
+
+
+def load_yaml(file: str | Path, expect: str = "a mapping", empty_ok: bool = False, error: type = ValueError) -> dict:
+    """The mapping in a yaml file (safe_load: no tags that construct objects). A file that does not parse, or holds
+    something other than a mapping, raises `error` with one line naming the file; empty_ok: an empty file is {}."""
+    import yaml
+    try:
+        d = yaml.safe_load(Path(file).read_text(errors="ignore"))
+    except yaml.YAMLError as e:
+        raise error(f"{file}: invalid yaml ({first_line(e)})") from None
+    if d is None and empty_ok:
+        return {}
+    if not isinstance(d, dict):
+        raise error(f"{file}: expected {expect}")
+    return d
 
 
 def check_img_size(imgsz, stride: int = 32, floor: int = 0):

@@ -64,6 +64,26 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def matching_tensors(own: dict, src: dict, prefix: str = "", exclude: tuple[str, ...] = ()) -> dict:
+    """The tensors of state_dict `src` that fit state_dict `own` by name and shape: own's key k takes src[prefix + k]
+    when that exists with k's shape and k contains none of the `exclude` substrings; cast to own's dtype."""
+    out = {}
+    for k, v in own.items():
+        s = src.get(prefix + k)
+        if s is not None and tuple(s.shape) == tuple(v.shape) and not any(x in k for x in exclude):
+            out[k] = s.to(v.dtype)
+    return out
+
+
+def load_matching(module: nn.Module, src: dict, prefix: str = "", exclude: tuple[str, ...] = ()) -> tuple[int, int]:
+    """Copy into module every tensor of `src` that fits by name and shape (matching_tensors); the others keep their
+    values. Returns (tensors copied, tensors of module)."""
+    own = module.state_dict()
+    picked = matching_tensors(own, src, prefix, exclude)
+    module.load_state_dict(picked, strict=False)
+    return len(picked), len(own)
+
+
 def model_flops(model: nn.Module, img_size=640) -> float | None:
     """GFLOPs the YOLOv5 way: thop MACs x2 on a (1, ch, s, s) input, s = max(stride, 32), scaled to img_size."""
     try:

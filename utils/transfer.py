@@ -15,6 +15,7 @@ from models.blocks.mobilenet import MobileNetV2_Block
 from models.blocks.torchvision_backbone import load_state_dict_file
 from models.layers import Conv
 from utils.general import LOGGER
+from utils.torch_utils import matching_tensors
 
 
 @dataclass
@@ -53,13 +54,13 @@ def transfer_mobilenet_v2(model: nn.Module, weights: str | Path | dict, prefix: 
         dst = unit.state_dict()
         report.total += len(dst)
         key = f"{prefix}{j}."
-        src_items = [(k, v) for k, v in src.items() if k.startswith(key)]
-        same = len(src_items) == len(dst) and all(tuple(v.shape) == tuple(d.shape)
-                                                   for (_, v), d in zip(src_items, dst.values()))
-        if not same:
+        src_items = [v for k, v in src.items() if k.startswith(key)]
+        # the names differ, the order is the same: rename by position, then take the unit only if every tensor fits
+        picked = matching_tensors(dst, dict(zip(dst, src_items))) if len(src_items) == len(dst) else {}
+        if len(picked) != len(dst):
             report.skipped.append(name)
             continue
-        unit.load_state_dict({k: v for k, (_, v) in zip(dst, src_items)}, strict=True)
+        unit.load_state_dict(picked, strict=True)
         report.matched += len(dst)
     where = "state_dict" if isinstance(weights, dict) else str(weights)
     LOGGER.info(f"MobileNetV2 ImageNet transfer from {where}: {report}")

@@ -21,6 +21,7 @@ import torchvision
 from models.layers import fuse_conv_and_bn
 from models.registry import Row, YamlError, register, single_input
 from utils.general import LOGGER, ROOT, first_line
+from utils.torch_utils import load_matching
 
 
 @dataclass(frozen=True)
@@ -140,13 +141,10 @@ class TorchVisionBackbone(nn.Module):
         """Copy tensors from a torchvision state_dict (or a file holding one) whose names and shapes match;
         logs and returns (matched, total) over this backbone's tensors."""
         src = weights if isinstance(weights, dict) else load_state_dict_file(weights)
-        own = self.body.state_dict()
-        matched = {k: src[self.prefix + k] for k, v in own.items()
-                   if self.prefix + k in src and tuple(src[self.prefix + k].shape) == tuple(v.shape)}
-        self.body.load_state_dict(matched, strict=False)
-        self.loaded = (len(matched), len(own))
+        self.loaded = load_matching(self.body, src, self.prefix)
         where = "state_dict" if isinstance(weights, dict) else str(weights)
-        LOGGER.info(f"TorchVisionBackbone {self.name}: transferred {len(matched)}/{len(own)} tensors from {where}")
+        LOGGER.info(f"TorchVisionBackbone {self.name}: transferred {self.loaded[0]}/{self.loaded[1]} tensors from "
+                    f"{where}")
         return self.loaded
 
     def reparameterize(self) -> None:
