@@ -302,3 +302,13 @@ def test_bench_models_writes_to_a_run_folder_unless_out_names_a_file(tmp_path):
     text = bench_models.main(bench_models.parse_opt([*args, "--out", str(out)]))
     assert out.read_text() == text and len(list((tmp_path / "p").iterdir())) == 2
     assert report.results_file(None, tmp_path / "q", "export", "export.md") == tmp_path / "q" / "export" / "export.md"
+
+
+def test_package_keeps_the_former_module_names_and_loads_lazily():
+    code = ("import sys, benchmarks; assert 'torch' not in sys.modules, 'import benchmarks loaded torch'; "
+            "from benchmarks import NA, run, time_callables; import benchmarks.timing as t; "
+            "assert time_callables is t.time_callables and NA == 'n/a'; print(run.__module__)")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "benchmarks.backbones", p.stderr
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        getattr(__import__("benchmarks"), "nope")
