@@ -37,7 +37,8 @@ def test_load_yaml_one_line_errors(tmp_path):
 
 def test_weight_copy_by_name_and_shape():
     torch.manual_seed(0)
-    dst, src = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)), nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(4))
+    dst = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
+    src = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(4))
     before = {k: v.clone() for k, v in dst.state_dict().items()}
     sd = {f"net.{k}": v.double() for k, v in src.state_dict().items()}
     picked = matching_tensors(dst.state_dict(), sd, prefix="net.")
