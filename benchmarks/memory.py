@@ -14,8 +14,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Run with `python -c` in a fresh process whose working directory is the repo root (sys.path[0] is then the root,
-# so the model classes unpickle); it must not import this package (that would load torch for ONNX too).
+# Run with `python -c` in a fresh process whose working directory is the repo root (`python -c` imports from the
+# working directory, so the model classes unpickle); it must not import this package (that would load torch for
+# ONNX too).
 _MEMORY_PROBE = r"""
 import json, os, resource, sys
 kind, path, imgsz, threads, runs = sys.argv[1:6]
