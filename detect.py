@@ -103,13 +103,13 @@ def run(weights=ROOT / "yolov5s.pt", source=ROOT / "data/images", data=None, img
         iou_thres=0.45, max_det=1000, device="", view_img=False, save_txt=False, save_conf=False, save_crop=False,
         nosave=False, classes=None, agnostic_nms=False, augment=False, visualize=False, project=ROOT / "runs/detect",
         name="exp", exist_ok=False, line_thickness=3, hide_labels=False, hide_conf=False, half=False,
-        vid_stride=1) -> Path:
+        vid_stride=1, trust_weights=False) -> Path:
     """Detect on a source and save results; returns the run folder. Bad input raises a one-line error."""
     loader = open_source(source, vid_stride)  # fails fast, before any run folder is made
     try:
         predictor = load(weights, device=device, imgsz=imgsz, conf_thres=conf_thres, iou_thres=iou_thres,
                          classes=classes, agnostic=agnostic_nms, max_det=max_det, half=half, data=data,
-                         augment=augment)
+                         augment=augment, trusted=trust_weights)
     except BaseException:
         if hasattr(loader, "close"):  # stop stream reader threads
             loader.close()
@@ -195,6 +195,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--hide-conf", default=False, action="store_true", help="hide confidences")
     p.add_argument("--half", action="store_true", help="use FP16 half-precision inference")
     p.add_argument("--vid-stride", type=int, default=1, help="video frame-rate stride")
+    p.add_argument("--trust-weights", action="store_true",
+                   help="allow .torchscript weights, which run the code they carry (only files you trust)")
     opt = p.parse_args(argv)
     opt.imgsz *= 2 if len(opt.imgsz) == 1 else 1
     if isinstance(opt.weights, list) and len(opt.weights) == 1:
