@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from utils.general import LOGGER, clean_str, colorstr, first_line, increment_path  # noqa: E402
+from utils.general import LOGGER, clean_str, colorstr, first_line, increment_path, safe_path_component  # noqa: E402
 from utils.predictor import Detections, load, save_crop  # noqa: E402
 from utils.sources import Frame, LoadFiles, open_source  # noqa: E402
 
@@ -72,7 +72,7 @@ def _output_name(frame: Frame) -> str:
     """File stem of a frame's outputs: the file's stem, or a cleaned stream name."""
     if frame.mode == "stream":
         name = clean_str(frame.path.rstrip("/").split("/")[-1] or frame.path)
-        return Path(name).stem or f"stream{frame.index}"
+        return safe_path_component(Path(name).stem, f"stream{frame.index}")
     return Path(frame.path).stem
 
 
@@ -85,8 +85,9 @@ def _handle(frame: Frame, det: Detections, save_dir: Path, opts: dict, sink: Vid
         with open(txt, "a") as f:
             f.writelines(det.label_lines(opts["save_conf"]))
     if opts["save_crop"]:
-        for box, c in zip(det.xyxy, det.cls):
-            save_crop(box, frame.im0, save_dir / "crops" / det.names.get(int(c), str(int(c))) / f"{stem}{suffix}.jpg")
+        for box, c in zip(det.xyxy, det.cls):  # class names come from the weights file: one safe folder each
+            folder = safe_path_component(det.names.get(int(c), ""), fallback=str(int(c)))
+            save_crop(box, frame.im0, save_dir / "crops" / folder / f"{stem}{suffix}.jpg")
     annotated = None
     if opts["save_img"] or opts["view_img"]:
         annotated = det.render(opts["line_thickness"], opts["hide_labels"], opts["hide_conf"], im=frame.im0)
