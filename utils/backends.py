@@ -184,8 +184,8 @@ class DetectBackend(nn.Module):
             nc = int(model.model[-1].nc)
         elif self.jit:
             if not trusted:  # torch.jit.load runs the code the file carries, as pickle does
-                raise BackendError(f"'{w}': TorchScript files run the code they carry, so they are refused by "
-                                   "default; pass --trust-weights (trusted=True) only for a file you trust")
+                raise BackendError(f"'{w}': TorchScript runs the code it carries; refused unless you trust the "
+                                   "file and pass --trust-weights (trusted=True)")
             extra = {"config.txt": ""}
             try:
                 with warnings.catch_warnings():
