@@ -194,6 +194,28 @@ def test_unwritable_cache_folder_warns_and_loads(tmp_path, log_lines, monkeypatc
     assert not list((tmp_path / "d" / "labels").glob("*.tmp"))
 
 
+def test_planted_disk_cache_npy_files_are_not_trusted(tmp_path, log_lines, unchanged_modules):
+    """--cache disk reuses images/x.npy when present: a dataset can ship a pickled object array or a header
+    claiming 30 GB in a few bytes. Neither is unpickled or allocated; the real image is read and re-cached."""
+    src, _ = _dataset(tmp_path / "d")
+    marker = tmp_path / "marker"
+    obj = np.empty(1, dtype=object)
+    obj[0] = _Payload(marker)
+    np.save(src / "im0.npy", obj, allow_pickle=True)
+    with open(src / "im1.npy", "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (100000, 100000, 3)})
+        fh.write(b"\x00" * 16)
+    np.save(src / "im2.npy", np.zeros((5, 5, 3), np.uint8))  # a valid array, but not this image
+    ds = LoadImagesAndLabels(src, img_size=64, cache_images="disk")
+    plain = LoadImagesAndLabels(src, img_size=64)
+    for i in range(3):
+        np.testing.assert_array_equal(ds.load_image(i)[0], plain.load_image(i)[0])
+        assert np.load(src / f"im{i}.npy", allow_pickle=False).shape == (40, 48, 3)  # replaced by the real image
+    assert not marker.exists()
+    assert not list(src.glob("*.tmp.npy"))
+
+
 # --------------------------------------------------------------------------------------------- 2. TorchScript
 class _EvilScript(nn.Module):
     """A TorchScript module whose forward creates a file of its choosing (torch.from_file, shared mapping)."""

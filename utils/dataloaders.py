@@ -571,11 +571,32 @@ class LoadImagesAndLabels(Dataset):
 
     def _cache_to_disk(self, i: int) -> None:
         f = self.npy_files[i]
-        if not f.exists():
+        if not f.exists() or self._load_npy(i) is None:
             im = self._read(i)
-            tmp = f.with_name(f"{f.stem}.{os.getpid()}.tmp.npy")
-            np.save(tmp, im)
-            os.replace(tmp, f)
+            fd, tmp = tempfile.mkstemp(prefix=f".{f.stem}.", suffix=".tmp.npy", dir=f.parent)  # never a planted path
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    np.save(fh, im, allow_pickle=False)
+                os.replace(tmp, f)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+
+    def _load_npy(self, i: int) -> np.ndarray | None:
+        """The --cache disk copy of image i if it is a plain uint8 array of the image's verified size; None (read
+        the image instead) for anything else, e.g. a .npy shipped with the dataset whose header claims more than
+        the file holds (memory-mapped first, so such a claim allocates nothing)."""
+        f = self.npy_files[i]
+        try:
+            mm = np.load(f, mmap_mode="r", allow_pickle=False)
+            w, h = (int(v) for v in self.shapes[i])
+            if isinstance(mm, np.ndarray) and mm.dtype == np.uint8 and mm.shape == (h, w, 3):
+                return np.array(mm)
+        except (OSError, ValueError, EOFError):
+            pass
+        if not getattr(self, "_warned_npy", False):
+            LOGGER.warning(f"{self.prefix}WARNING ⚠️ {f}: not a --cache disk copy of its image; reading the image")
+            self._warned_npy = True
+        return None
 
     # -- loading ------------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -592,7 +613,8 @@ class LoadImagesAndLabels(Dataset):
         if self.ims[i] is not None:
             return self.ims[i], self.im_hw0[i], self.im_hw[i]
         f = self.npy_files[i]
-        im = np.load(f) if f.exists() else self._read(i)
+        im = self._load_npy(i) if f.exists() else None
+        im = self._read(i) if im is None else im
         h0, w0 = im.shape[:2]
         r = self.img_size / max(h0, w0)
         if r != 1:
