@@ -8,7 +8,8 @@ Usage:
                                                  vid.mp4           # video (--vid-stride N: every Nth frame)
                                                  0                 # webcam
                                                  rtsp://host/live  # rtsp, rtmp, http stream
-    python detect.py --weights best.onnx ...                       # exported .onnx / .torchscript too
+    python detect.py --weights best.onnx ...                       # exported .onnx too
+    python detect.py --weights best.torchscript --trust-weights ...  # TorchScript runs its own code: opt in
 
 Outputs go to runs/detect/exp{,2,...}: annotated images, annotated .mp4 videos, labels/<stem>[_<frame>].txt
 (--save-txt, rows `cls x y w h [conf]` normalised) and crops/<class>/<stem>.jpg (--save-crop).

@@ -26,12 +26,15 @@ import hubconf
 import models.experimental  # noqa: F401 (the backend imports it on first use: before any snapshot)
 import val
 from models.registry import YamlError, register
-from models.yolo import ROOT, Model
+from models.yolo import Model
 from utils.backends import BackendError, DetectBackend
 from utils.checkpoint import make_checkpoint, save_checkpoint
 from utils.dataloaders import LoadImagesAndLabels
 from utils.general import safe_path_component
 from utils.predictor import load
+
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning"),
+              pytest.mark.filterwarnings("ignore:`torch.jit.save` is deprecated:FutureWarning")]
 
 # ------------------------------------------------------------------------------------------------ shared helpers
 WATCHED = ("models", "utils", "detect", "val", "hubconf", "torch.nn", "torch._utils", "pathlib", "os", "posixpath",
@@ -239,7 +242,6 @@ def evil_script(tmp_path):
     return f, marker
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_torchscript_refused_by_default_everywhere(evil_script, tmp_path, log_lines, unchanged_modules):
     f, marker = evil_script
     for attempt in (lambda: DetectBackend(f), lambda: load(f), lambda: hubconf.custom(path=str(f)),
@@ -262,7 +264,6 @@ def test_torchscript_refused_by_default_everywhere(evil_script, tmp_path, log_li
     assert not marker.exists()
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_torchscript_loads_with_the_opt_in(evil_script):
     f, marker = evil_script
     assert not marker.exists()
