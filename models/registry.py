@@ -168,6 +168,8 @@ def resolve_module(name: str):
     """Map a yaml module name to a class, or raise YamlError suggesting the closest registered names."""
     if name in REGISTRY:
         return REGISTRY[name]
+    if len(name) > 100:
+        raise YamlError(f"module name '{name[:40]}...' is longer than 100 characters")
     if name.startswith("nn."):
         cls = getattr(nn, name[3:], None) if name[3:].isidentifier() else None
         if isinstance(cls, type) and issubclass(cls, nn.Module) and cls is not nn.Module:
@@ -187,7 +189,7 @@ def resolve_arg(a, names: dict):
         return names[a]
     try:
         return ast.literal_eval(a)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):  # deep nesting, huge ints: a string
         return a
 
 

@@ -439,13 +439,16 @@ def test_size_bomb_messages_say_why(key, unchanged_modules):
     (dict(activation="nn.LeakyReLU(**{'a': 1})"), "non-literal argument"),
     (dict(activation="nn.LeakyReLU(0.1, 2, 3, 4)"), "TypeError"),
     (dict(activation="nn.SiLU" + "(" * 150), "not valid syntax"),
+    (dict(backbone=[[-1, 1, "C" * 10 ** 6, []]]), "longer than 100 characters"),
+    (dict(backbone=[[-1, 1, "Conv", ["[" * 5000 + "]" * 5000, 3]]]), "output channels must be a positive int"),
+    (dict(backbone=[[-1, 1, "Conv", ["9" * 10000, 3]]]), "output channels must be a positive int"),
     (dict(activation="nn.LeakyReLU(" + "9" * 10000 + ")"), "longer than 200 characters"),
 ])
 def test_wrong_types_and_bad_activations_give_one_line(tmp_path, change, why, unchanged_modules):
     f = write_yaml(tmp_path / "typed.yaml", {**TINY, **change})
     with pytest.raises(YamlError) as e:
         Model(f, verbose=False)
-    assert one_line(e).startswith("typed.yaml: ") and why in str(e.value)
+    assert one_line(e).startswith(("typed.yaml: ", "typed.yaml row ")) and why in str(e.value)
 
 
 def test_activation_payloads_are_never_evaluated(tmp_path, unchanged_modules):
