@@ -8,7 +8,8 @@ Usage:
                                                  vid.mp4           # video (--vid-stride N: every Nth frame)
                                                  0                 # webcam
                                                  rtsp://host/live  # rtsp, rtmp, http stream
-    python detect.py --weights best.onnx ...                       # exported .onnx / .torchscript too
+    python detect.py --weights best.onnx ...                       # exported .onnx too
+    python detect.py --weights best.torchscript --trust-weights ...  # TorchScript runs its own code: opt in
 
 Outputs go to runs/detect/exp{,2,...}: annotated images, annotated .mp4 videos, labels/<stem>[_<frame>].txt
 (--save-txt, rows `cls x y w h [conf]` normalised) and crops/<class>/<stem>.jpg (--save-crop).
@@ -28,7 +29,8 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from utils.general import LOGGER, TQDM_BAR_FORMAT, clean_str, colorstr, first_line, increment_path  # noqa: E402
+from utils.general import (  # noqa: E402
+    LOGGER, TQDM_BAR_FORMAT, clean_str, colorstr, first_line, increment_path, safe_path_component)
 from utils.predictor import Detections, load, save_crop  # noqa: E402
 from utils.sources import Frame, LoadFiles, open_source  # noqa: E402
 
@@ -70,7 +72,7 @@ def _output_name(frame: Frame) -> str:
     """File stem of a frame's outputs: the file's stem, or a cleaned stream name."""
     if frame.mode == "stream":
         name = clean_str(frame.path.rstrip("/").split("/")[-1] or frame.path)
-        return Path(name).stem or f"stream{frame.index}"
+        return safe_path_component(Path(name).stem, f"stream{frame.index}")
     return Path(frame.path).stem
 
 
@@ -83,8 +85,9 @@ def _handle(frame: Frame, det: Detections, save_dir: Path, opts: dict, sink: Vid
         with open(txt, "a") as f:
             f.writelines(det.label_lines(opts["save_conf"]))
     if opts["save_crop"]:
-        for box, c in zip(det.xyxy, det.cls):
-            save_crop(box, frame.im0, save_dir / "crops" / det.names.get(int(c), str(int(c))) / f"{stem}{suffix}.jpg")
+        for box, c in zip(det.xyxy, det.cls):  # class names come from the weights file: one safe folder each
+            folder = safe_path_component(det.names.get(int(c), ""), fallback=str(int(c)))
+            save_crop(box, frame.im0, save_dir / "crops" / folder / f"{stem}{suffix}.jpg")
     annotated = None
     if opts["save_img"] or opts["view_img"]:
         annotated = det.render(opts["line_thickness"], opts["hide_labels"], opts["hide_conf"], im=frame.im0)
@@ -101,13 +104,13 @@ def run(weights=ROOT / "yolov5s.pt", source=ROOT / "data/images", data=None, img
         iou_thres=0.45, max_det=1000, device="", view_img=False, save_txt=False, save_conf=False, save_crop=False,
         nosave=False, classes=None, agnostic_nms=False, augment=False, visualize=False, project=ROOT / "runs/detect",
         name="exp", exist_ok=False, line_thickness=3, hide_labels=False, hide_conf=False, half=False,
-        vid_stride=1) -> Path:
+        vid_stride=1, trust_weights=False) -> Path:
     """Detect on a source and save results; returns the run folder. Bad input raises a one-line error."""
     loader = open_source(source, vid_stride)  # fails fast, before any run folder is made
     try:
         predictor = load(weights, device=device, imgsz=imgsz, conf_thres=conf_thres, iou_thres=iou_thres,
                          classes=classes, agnostic=agnostic_nms, max_det=max_det, half=half, data=data,
-                         augment=augment)
+                         augment=augment, trusted=trust_weights)
     except BaseException:
         if hasattr(loader, "close"):  # stop stream reader threads
             loader.close()
@@ -193,6 +196,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--hide-conf", default=False, action="store_true", help="hide confidences")
     p.add_argument("--half", action="store_true", help="use FP16 half-precision inference")
     p.add_argument("--vid-stride", type=int, default=1, help="video frame-rate stride")
+    p.add_argument("--trust-weights", action="store_true",
+                   help="allow .torchscript weights, which run the code they carry (only files you trust)")
     opt = p.parse_args(argv)
     opt.imgsz *= 2 if len(opt.imgsz) == 1 else 1
     if isinstance(opt.weights, list) and len(opt.weights) == 1:

@@ -23,11 +23,12 @@ from utils.torch_utils import select_device  # noqa: E402
 
 def custom(path="path/to/model.pt", autoshape: bool = True, _verbose: bool = True, device=None, **kwargs):
     """A trained model from a weights file: a callable Predictor (autoshape=True), else the bare model/backend.
-    Extra kwargs (conf_thres, iou_thres, imgsz, classes, max_det, ...) go to utils.predictor.load."""
+    Extra kwargs (conf_thres, iou_thres, imgsz, classes, max_det, trusted, ...) go to utils.predictor.load;
+    trusted=True is needed for a .torchscript file, which runs the code it carries."""
     dev = select_device("" if device is None else device)
     if autoshape:
         return load(path, device=dev, **kwargs)
-    backend = load_backend(path, device=dev)
+    backend = load_backend(path, device=dev, trusted=bool(kwargs.get("trusted", False)))
     return getattr(backend, "model", backend) if str(path).endswith(".pt") else backend
 
 

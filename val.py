@@ -133,7 +133,8 @@ def run(data, weights=None, batch_size: int = 32, imgsz: int = 640, conf_thres: 
         single_cls: bool = False, augment: bool = False, verbose: bool = False, save_txt: bool = False,
         save_hybrid: bool = False, save_conf: bool = False, save_json: bool = False, project=ROOT / "runs/val",
         name: str = "exp", exist_ok: bool = False, half: bool = False, dnn: bool = False, model=None,
-        dataloader=None, save_dir=Path(""), plots: bool = True, callbacks=None, compute_loss=None):
+        dataloader=None, save_dir=Path(""), plots: bool = True, callbacks=None, compute_loss=None,
+        trust_weights: bool = False):
     """Validate; returns ((P, R, mAP50, mAP50-95, box, obj, cls losses), per-class mAP50-95 (nc,),
     (pre-process, inference, NMS) ms per image). Called by train.py with model= and dataloader=."""
     from utils.dataloaders import check_dataset, create_dataloader
@@ -154,7 +155,7 @@ def run(data, weights=None, batch_size: int = 32, imgsz: int = 640, conf_thres: 
         save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
         (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
         data = check_dataset(data)  # before loading weights: a bad yaml is the cheaper error to report
-        model = DetectBackend(weights, device=device)  # one-line errors for a missing file or bad suffix
+        model = DetectBackend(weights, device=device, trusted=trust_weights)  # one-line errors for bad files
         pt = bool(getattr(model, "pt", True))
         stride = max_stride(model)
         imgsz = check_img_size(imgsz, stride)
@@ -366,6 +367,8 @@ def parse_opt(argv=None):
     parser.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
     parser.add_argument("--half", action="store_true", help="use FP16 half-precision inference (CUDA)")
     parser.add_argument("--dnn", action="store_true", help="accepted for YOLOv5 compatibility; unused")
+    parser.add_argument("--trust-weights", action="store_true",
+                        help="allow .torchscript weights, which run the code they carry (only files you trust)")
     return parser.parse_args(argv)
 
 

@@ -20,6 +20,7 @@ if str(ROOT) not in sys.path:
 import models.common  # noqa: E402,F401  (registers every block family)
 from models.layers import default_activation  # noqa: E402
 from models.blocks.heads import Detect, Segment  # noqa: E402
+from models.limits import MAX_REPEATS, check_header, preflight  # noqa: E402
 from models.registry import Row, YamlError, parse_activation, policy_of, resolve_arg, resolve_module  # noqa: E402
 from utils.autoanchor import check_anchor_order  # noqa: E402
 from utils.general import LOGGER, check_yaml, first_line, load_yaml  # noqa: E402
@@ -66,12 +67,18 @@ def parse_model(d: dict, ch: list[int], probe: torch.Tensor | None = None, verbo
             raise YamlError(f"model yaml is missing the '{key}' list")
     if "nc" not in d:
         raise YamlError("model yaml is missing 'nc' (number of classes)")
+    yaml_name = d.get("yaml_file", "model")
+    try:
+        check_header(d, ch[0] if isinstance(ch, (list, tuple)) and len(ch) == 1 else ch)
+        act = parse_activation(d.get("activation"))
+    except YamlError as e:
+        raise YamlError(f"{yaml_name}: {e}") from None
     nc, gd, gw = d["nc"], d.get("depth_multiple", 1.0), d.get("width_multiple", 1.0)
     anchors = d.get("anchors")
     na = (len(anchors[0]) // 2 if isinstance(anchors, list) else anchors) if anchors is not None else 3
     no = na * (nc + 5)
     names = {"nc": nc, "anchors": anchors, "None": None, "True": True, "False": False}
-    act = parse_activation(d.get("activation"))
+    n_params = 0
     if verbose:
         LOGGER.info(f"\n{'':>3}{'from':>18}{'n':>3}{'params':>10}  {'module':<40}{'arguments':<30}")
     layers, save, ch, outputs = [], [], list(ch), []
@@ -79,7 +86,8 @@ def parse_model(d: dict, ch: list[int], probe: torch.Tensor | None = None, verbo
     rows = d["backbone"] + d["head"]
     with default_activation(act):
         for i, row in enumerate(rows):
-            label = f"{d.get('yaml_file', 'model')} row {i} {row}"
+            text = str(row)
+            label = f"{yaml_name} row {i} {text if len(text) <= 120 else text[:120] + '...'}"
             inp = None
             try:
                 if not isinstance(row, (list, tuple)) or len(row) != 4:
@@ -87,16 +95,24 @@ def parse_model(d: dict, ch: list[int], probe: torch.Tensor | None = None, verbo
                 f, n, m_name, args = row
                 _check_from(f, i)
                 cls = resolve_module(str(m_name))
-                if not isinstance(n, int) or n < 1:
-                    raise YamlError(f"'number' must be a positive int, got {n!r}")
+                if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_REPEATS:
+                    raise YamlError(f"'number' must be an int in 1..{MAX_REPEATS}, got {str(n)[:40]!r}")
                 args = [resolve_arg(a, names) for a in (args if isinstance(args, list) else [args])]
                 n_ = max(round(n * gd), 1) if n > 1 else n
+                if n_ > MAX_REPEATS:
+                    raise YamlError(f"{n} repeats x depth_multiple {gd:g} = {n_} is more than {MAX_REPEATS}")
                 ctx = Row(i, f, n_, args, ch, gw, no, extra={"cls": cls})  # for row 0, ch == [image channels]
                 ctor_args, c2, repeats = policy_of(cls)(ctx)
                 _check_signature(cls, ctor_args)
-                m = nn.Sequential(*(cls(*ctor_args) for _ in range(repeats))) if repeats > 1 else cls(*ctor_args)
+
+                def make(cls=cls, ctor_args=ctor_args, repeats=repeats):
+                    return nn.Sequential(*(cls(*ctor_args) for _ in range(repeats))) if repeats > 1 \
+                        else cls(*ctor_args)
                 if x is not None:
                     inp = x if i == 0 else (outputs[f] if isinstance(f, int) else [outputs[j] for j in f])
+                n_params += preflight(make, n_params, None if issubclass(cls, Detect) else inp)
+                m = make()
+                if x is not None:
                     if isinstance(m, Detect):
                         m.stride = torch.tensor([PROBE_SIZE / t.shape[-2] for t in inp])
                         out = None
@@ -180,6 +196,10 @@ class DetectionModel(BaseModel):
         if anchors:
             LOGGER.info(f"Overriding model.yaml anchors with anchors={anchors}")
             self.yaml["anchors"] = round(anchors) if isinstance(anchors, float) else anchors
+        try:
+            check_header(self.yaml, ch)  # before the probe below is allocated from ch
+        except YamlError as e:
+            raise YamlError(f"{self.yaml_file}: {e}") from None
         probe = torch.zeros(1, ch, PROBE_SIZE, PROBE_SIZE)
         self.model, self.save = parse_model(copy.deepcopy(self.yaml), ch=[ch], probe=probe, verbose=verbose)
         self.model.train()  # the build probe ran each layer in eval mode

@@ -209,7 +209,7 @@ def test_nms_graph_returns_python_nms_boxes(outdir):
         rows = _session(fo).run(None, {"images": x.numpy()})[0]
         assert rows.shape == (sum(len(r) for r in ref), 7) and set(rows[:, 0]) == {0.0, 1.0}
         for f in (fo, ft):
-            b = DetectBackend(f)
+            b = DetectBackend(f, trusted=True)  # our own export: TorchScript needs the opt-in
             assert b.end2end and b.format == "nms"
             with torch.no_grad():
                 _same_detections(b(x), ref)
@@ -255,7 +255,7 @@ def test_run_writes_files_next_to_weights_with_metadata(checkpoint):
     with torch.no_grad():
         ref = pt(x)
         for f in files:
-            b = DetectBackend(f)
+            b = DetectBackend(f, trusted=True)  # our own export: TorchScript needs the opt-in
             assert (b.stride, b.names, b.nc, b.fixed_imgsz) == (32, {0: "red", 1: "green", 2: "blue"}, 3, (64, 96))
             assert (b.onnx, b.jit, b.pt) == (f.endswith(".onnx"), f.endswith(".torchscript"), False)
             assert_same_predictions(b(x), ref)
@@ -463,7 +463,8 @@ def test_val_on_exported_files_agrees_with_pt(checkpoint, tiny_data, tmp_path):
         # task 'speed' letterboxes every backend's images the same way (val.py pads .pt batches as rectangles
         # otherwise), so any difference left is the backend's
         r = val.run(str(tiny_data), weights=str(w), batch_size=1, imgsz=64, device="cpu", workers=0, plots=False,
-                    task="speed", max_det=1000, project=tmp_path / "val", name=tag, exist_ok=True)[0]
+                    task="speed", max_det=1000, project=tmp_path / "val", name=tag, exist_ok=True,
+                    trust_weights=True)[0]
         res[tag] = np.array(r[:4])
     assert res["pt"][2] > 0.3, f"labels come from the model itself; mAP50 {res['pt'][2]} should be high"
     np.testing.assert_allclose(res["onnx"], res["pt"], atol=1e-3)

@@ -143,7 +143,7 @@ class DetectBackend(nn.Module):
     """Run .pt/.pth (PyTorch), .torchscript or .onnx (ONNX Runtime) weights behind one forward()."""
 
     def __init__(self, weights, device: torch.device | str = torch.device("cpu"), fp16: bool = False, fuse: bool = True,
-                 data=None, threads: int | None = None, channels_last: bool | None = None):
+                 data=None, threads: int | None = None, channels_last: bool | None = None, trusted: bool = False):
         super().__init__()
         w = str(weights[0] if isinstance(weights, (list, tuple)) else weights)
         path = Path(w)
@@ -183,6 +183,9 @@ class DetectBackend(nn.Module):
             self.yaml = dict(getattr(model, "yaml", {}) or {})
             nc = int(model.model[-1].nc)
         elif self.jit:
+            if not trusted:  # torch.jit.load runs the code the file carries, as pickle does
+                raise BackendError(f"'{w}': TorchScript runs the code it carries; refused unless you trust the "
+                                   "file and pass --trust-weights (trusted=True)")
             extra = {"config.txt": ""}
             try:
                 with warnings.catch_warnings():

@@ -6,10 +6,13 @@ Dataset layout (YOLOv5's): for .../images/.../x.jpg the label is .../labels/.../
 """
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
-import pickle
 import random
+import re
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,9 @@ from utils.general import LOGGER, ROOT, TQDM_BAR_FORMAT, load_yaml, resolve_file
 
 IMG_FORMATS = ("bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm")
 NUM_THREADS = min(8, max(1, os.cpu_count() or 1))
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: JSON, never pickle (version 1 was a pickle: such files are rebuilt, never read)
+CACHE_FORMAT = "yolov5lite-label-cache"
+MAX_IMAGE_SIDE = 1 << 20  # a cached (w, h) beyond this is not an image this loader could have measured
 MIN_IMAGE_SIDE = 10
 EXIF_ORIENTATION = 0x0112
 TQDM_FORMAT = TQDM_BAR_FORMAT  # the one bar format of every script (utils.general)
@@ -291,28 +296,115 @@ def _files_hash(files: list[str]) -> str:
     return h.hexdigest()
 
 
-def _load_cache(path: Path, h: str) -> dict | None:
+class CacheError(ValueError):
+    """A label cache that must not be used; the message says why (it is then rebuilt)."""
+
+
+def _cache_to_json(cache: dict) -> dict:
+    """The cache as JSON-able data: per-image lists plus every label row in one base64 float32 blob."""
+    entries = cache["entries"]
+    counts = [-1 if e["labels"] is None else len(e["labels"]) for e in entries]
+    rows = [e["labels"] for e in entries if e["labels"] is not None and len(e["labels"])]
+    blob = np.concatenate(rows).astype("<f4") if rows else np.zeros((0, 5), "<f4")
+    return {"format": CACHE_FORMAT, "version": CACHE_VERSION, "hash": cache["hash"],
+            "im_files": [e["im_file"] for e in entries],
+            "shapes": [None if e["shape"] is None else [int(v) for v in e["shape"]] for e in entries],
+            "counts": counts, "corrupt": [bool(e["corrupt"]) for e in entries],
+            "missing": [bool(e["missing"]) for e in entries], "msg": [e["msg"] for e in entries],
+            "labels": base64.b64encode(blob.tobytes()).decode("ascii")}
+
+
+def _list_of(d: dict, key: str, n: int, ok) -> list:
+    v = d.get(key)
+    if not isinstance(v, list) or len(v) != n or not all(ok(x) for x in v):
+        raise CacheError(f"field '{key}' is not {n} valid values")
+    return v
+
+
+def _is_side(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and MIN_IMAGE_SIDE <= v <= MAX_IMAGE_SIDE
+
+
+def _cache_from_json(d, h: str, im_files: list[str]) -> dict:
+    """Check every field of a parsed cache file as strictly as freshly parsed labels; CacheError otherwise.
+    Sizes the file states (label counts) are compared with the data it holds before anything is decoded."""
+    if not isinstance(d, dict) or d.get("format") != CACHE_FORMAT:
+        raise CacheError("not a label cache of this project")
+    if d.get("version") != CACHE_VERSION:
+        raise CacheError(f"cache version {str(d.get('version'))[:20]!r}, expected {CACHE_VERSION}")
+    if d.get("hash") != h or d.get("im_files") != im_files:
+        raise CacheError("stale (images or labels changed since it was written)")
+    n = len(im_files)
+    shapes = _list_of(d, "shapes", n, lambda s: s is None or (isinstance(s, list) and len(s) == 2
+                                                               and all(_is_side(v) for v in s)))
+    counts = _list_of(d, "counts", n, lambda c: isinstance(c, int) and not isinstance(c, bool) and c >= -1)
+    corrupt = _list_of(d, "corrupt", n, lambda c: isinstance(c, bool))
+    missing = _list_of(d, "missing", n, lambda c: isinstance(c, bool))
+    msgs = _list_of(d, "msg", n, lambda m: isinstance(m, str) and len(m) <= 4096)
+    if any(c != (k < 0) or (not c and s is None) for c, k, s in zip(corrupt, counts, shapes)):
+        raise CacheError("entries contradict themselves (corrupt flag, labels and shape)")
+    total = sum(k for k in counts if k > 0)
+    text = d.get("labels")
+    if not isinstance(text, str) or len(text) != 4 * -(-total * 20 // 3):  # base64 of total rows x 5 float32
+        raise CacheError(f"it claims {total} label rows but holds {len(text) if isinstance(text, str) else 0} "
+                         f"base64 characters")
+    try:
+        blob = base64.b64decode(text, validate=True)
+    except ValueError:
+        raise CacheError("label data is not base64") from None
+    lb = np.frombuffer(blob, "<f4").astype(np.float32).reshape(-1, 5)
+    c = lb[:, 0]
+    if not np.isfinite(lb).all() or (c < 0).any() or (c != np.round(c)).any() or (lb[:, 1:] > 1).any() \
+            or (lb[:, 1:] < 0).any():
+        raise CacheError("label rows out of range (class ids >= 0 integers, coordinates in 0..1)")
+    ends = np.cumsum([max(k, 0) for k in counts])
+    entries = []
+    for i, f in enumerate(im_files):
+        labels = None if counts[i] < 0 else lb[ends[i] - counts[i]:ends[i]].copy()
+        entries.append({"im_file": f, "labels": labels, "shape": None if shapes[i] is None else tuple(shapes[i]),
+                        "corrupt": corrupt[i], "missing": missing[i],
+                        "msg": re.sub(r"[\x00-\x1f\x7f]", " ", msgs[i])})  # one line each when replayed
+    return {"version": CACHE_VERSION, "hash": h, "entries": entries, "msgs": [e["msg"] for e in entries if e["msg"]],
+            "n_corrupt": sum(corrupt)}
+
+
+def _load_cache(path: Path, h: str, im_files: list[str], prefix: str = "") -> dict | None:
+    """The cache at path if it is this version's JSON for exactly these files; None (rebuild) otherwise, with a
+    one-line warning when a file was there. Never unpickles: a dataset from a stranger can ship any cache."""
+    if not path.exists():
+        return None
     try:
         with open(path, "rb") as f:
-            cache = pickle.load(f)
-        if cache.get("version") == CACHE_VERSION and cache.get("hash") == h:
-            return cache
-    except Exception:  # unreadable or stale format: rebuild
-        pass
+            raw = f.read()
+        if raw[:1] == b"\x80":
+            raise CacheError("a pickle (old cache format; never loaded, as it could run code)")
+        try:
+            d = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise CacheError("not readable JSON (damaged or truncated)") from None
+        return _cache_from_json(d, h, im_files)
+    except (OSError, CacheError) as e:
+        LOGGER.warning(f"{prefix}WARNING ⚠️ label cache {path}: {first_line(e)}; rebuilding it")
     return None
 
 
 def _save_cache(path: Path, cache: dict, prefix: str = "") -> None:
-    """Write atomically so a crash or a concurrent reader never sees half a cache."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    """Write atomically (a fresh temporary file, then rename) so a crash or a concurrent reader never sees half
+    a cache; a read-only dataset folder only costs a warning."""
+    tmp = None
     try:
-        with open(tmp, "wb") as f:
-            pickle.dump(cache, f, protocol=pickle.HIGHEST_PROTOCOL)
+        text = json.dumps(_cache_to_json(cache), separators=(",", ":"))
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(text)
         os.replace(tmp, path)
+        tmp = None
         LOGGER.info(f"{prefix}New cache created: {path}")
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        LOGGER.warning(f"{prefix}WARNING ⚠️ cache directory {path.parent} is not writeable: {e}")
+        LOGGER.warning(f"{prefix}WARNING ⚠️ cache directory {path.parent} is not writeable: {first_line(e)}")
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def _cache_path(label_files: list[str], p: Any) -> Path:
@@ -356,7 +448,7 @@ class LoadImagesAndLabels(Dataset):
         label_files = img2label_paths(im_files)
         self.cache_path = _cache_path(label_files, path)
         h = _files_hash(im_files + label_files)
-        cache = _load_cache(self.cache_path, h)
+        cache = _load_cache(self.cache_path, h, im_files, prefix)
         self.cache_loaded = cache is not None
         if cache is None:
             cache = self._build_cache(im_files, label_files, h)
@@ -473,11 +565,32 @@ class LoadImagesAndLabels(Dataset):
 
     def _cache_to_disk(self, i: int) -> None:
         f = self.npy_files[i]
-        if not f.exists():
+        if not f.exists() or self._load_npy(i) is None:
             im = self._read(i)
-            tmp = f.with_name(f"{f.stem}.{os.getpid()}.tmp.npy")
-            np.save(tmp, im)
-            os.replace(tmp, f)
+            fd, tmp = tempfile.mkstemp(prefix=f".{f.stem}.", suffix=".tmp.npy", dir=f.parent)  # never a planted path
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    np.save(fh, im, allow_pickle=False)
+                os.replace(tmp, f)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+
+    def _load_npy(self, i: int) -> np.ndarray | None:
+        """The --cache disk copy of image i if it is a plain uint8 array of the image's verified size; None (read
+        the image instead) for anything else, e.g. a .npy shipped with the dataset whose header claims more than
+        the file holds (memory-mapped first, so such a claim allocates nothing)."""
+        f = self.npy_files[i]
+        try:
+            mm = np.load(f, mmap_mode="r", allow_pickle=False)
+            w, h = (int(v) for v in self.shapes[i])
+            if isinstance(mm, np.ndarray) and mm.dtype == np.uint8 and mm.shape == (h, w, 3):
+                return np.array(mm)
+        except (OSError, ValueError, EOFError):
+            pass
+        if not getattr(self, "_warned_npy", False):
+            LOGGER.warning(f"{self.prefix}WARNING ⚠️ {f}: not a --cache disk copy of its image; reading the image")
+            self._warned_npy = True
+        return None
 
     # -- loading ------------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -494,7 +607,8 @@ class LoadImagesAndLabels(Dataset):
         if self.ims[i] is not None:
             return self.ims[i], self.im_hw0[i], self.im_hw[i]
         f = self.npy_files[i]
-        im = np.load(f) if f.exists() else self._read(i)
+        im = self._load_npy(i) if f.exists() else None
+        im = self._read(i) if im is None else im
         h0, w0 = im.shape[:2]
         r = self.img_size / max(h0, w0)
         if r != 1:

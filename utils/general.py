@@ -112,6 +112,26 @@ def check_img_size(imgsz, stride: int = 32, floor: int = 0):
     return new
 
 
+_RESERVED_NAMES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
+
+
+def safe_path_component(name, fallback: str, max_bytes: int = 120) -> str:
+    """A string read from a file (a class name in a checkpoint, a stream name) as one harmless path component.
+
+    Separators, NUL and control characters become '_', a drive letter and leading dots go (so '..', '/abs',
+    'C:x', '.hidden' cannot leave or hide in the folder it is joined to), the UTF-8 length is capped, and an
+    empty result becomes ``fallback`` (e.g. the class id)."""
+    s = re.sub(r"[\\/\x00-\x1f\x7f]", "_", str(name))
+    s = re.sub(r"^[A-Za-z]:", "", s)  # 'C:x' is relative to drive C's cwd on Windows
+    s = re.sub(r'[<>:"|?*]', "_", s)  # not allowed in Windows file names
+    s = s.strip().lstrip(".").rstrip(". ")  # Windows drops trailing dots and spaces
+    b = s.encode("utf-8")[:max_bytes]
+    s = b.decode("utf-8", errors="ignore").rstrip(". ")
+    if s.split(".")[0].upper() in _RESERVED_NAMES:
+        s = f"_{s}"
+    return s or str(fallback)
+
+
 def clean_str(s: str) -> str:
     return re.sub(r"[|@#!¡·$€%&()=?¿^*;:,¨´><+]", "_", s)
 

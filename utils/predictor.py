@@ -147,13 +147,14 @@ class TorchModelBackend:
 
 
 def load_backend(weights, device: torch.device = torch.device("cpu"), fp16: bool = False, fuse: bool = True,
-                 data=None):
+                 data=None, trusted: bool = False):
     """The project's one backend abstraction, shared with val.py (DetectBackend: .pt, .torchscript, .onnx by
-    suffix); an in-memory nn.Module is wrapped as is. --data supplies names a file lacks."""
+    suffix); an in-memory nn.Module is wrapped as is. --data supplies names a file lacks. trusted=True is the
+    opt-in for TorchScript files, which run the code they carry."""
     if isinstance(weights, nn.Module):
         backend = TorchModelBackend(weights, device, fp16)
     else:
-        backend = DetectBackend(weights, device=device, fp16=fp16, fuse=fuse, data=data)  # checks the file
+        backend = DetectBackend(weights, device=device, fp16=fp16, fuse=fuse, data=data, trusted=trusted)
     names = names_from_data(data)
     if names and (not backend.names or all(v == f"class{k}" for k, v in backend.names.items())):
         backend.names = names  # the file carried only placeholder names
@@ -351,13 +352,14 @@ class Predictor:
 
 def load(weights, device: str | torch.device = "", imgsz=640, conf_thres: float = 0.25, iou_thres: float = 0.45,
          classes=None, agnostic: bool = False, max_det: int = 1000, half: bool = False, data=None,
-         augment: bool = False, fuse: bool = True) -> Predictor:
-    """A callable predictor for a checkpoint (ours or YOLOv5's), an exported .onnx / .torchscript, or an nn.Module."""
+         augment: bool = False, fuse: bool = True, trusted: bool = False) -> Predictor:
+    """A callable predictor for a checkpoint (ours or YOLOv5's), an exported .onnx / .torchscript, or an nn.Module.
+    A .torchscript file runs the code it carries: it is refused unless trusted=True."""
     device = select_device(device)
     if half and device.type == "cpu":
         LOGGER.warning("WARNING ⚠️ --half needs a CUDA device; running in float32 on CPU")
         half = False
-    backend = load_backend(weights, device=device, fp16=half, fuse=fuse, data=data)
+    backend = load_backend(weights, device=device, fp16=half, fuse=fuse, data=data, trusted=trusted)
     pred = Predictor(backend, imgsz, conf_thres, iou_thres, classes, agnostic, max_det, augment)
     if device.type != "cpu" and hasattr(backend, "warmup"):
         backend.warmup(imgsz=(1, 3, *pred.imgsz))
