@@ -27,7 +27,7 @@ from tqdm import tqdm
 from utils.augmentations import (DEFAULT_AUGMENT_HYP, augment_hsv, copy_paste, letterbox, mixup, random_flip,
                                  random_perspective)
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
-from utils.general import LOGGER, ROOT, TQDM_BAR_FORMAT, load_yaml, resolve_file
+from utils.general import LOGGER, ROOT, TQDM_BAR_FORMAT, first_line, load_yaml, resolve_file
 
 IMG_FORMATS = ("bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm")
 NUM_THREADS = min(8, max(1, os.cpu_count() or 1))
@@ -36,7 +36,6 @@ CACHE_FORMAT = "yolov5lite-label-cache"
 MAX_IMAGE_SIDE = 1 << 20  # a cached (w, h) beyond this is not an image this loader could have measured
 MIN_IMAGE_SIDE = 10
 EXIF_ORIENTATION = 0x0112
-TQDM_FORMAT = TQDM_BAR_FORMAT  # the one bar format of every script (utils.general)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -508,7 +507,7 @@ class LoadImagesAndLabels(Dataset):
         desc = f"{self.prefix}Scanning {self.cache_path.parent / self.cache_path.stem}..."
         with ThreadPoolExecutor(NUM_THREADS) as ex:
             it = ex.map(verify_image_label, im_files, label_files)
-            for e in tqdm(it, desc=desc, total=len(im_files), bar_format=TQDM_FORMAT, leave=False,
+            for e in tqdm(it, desc=desc, total=len(im_files), bar_format=TQDM_BAR_FORMAT, leave=False,
                           disable=len(im_files) < 100):
                 entries.append(e)
                 if e["msg"]:
@@ -547,7 +546,7 @@ class LoadImagesAndLabels(Dataset):
         fn = self._cache_to_disk if kind == "disk" else self.load_image
         total = 0
         with ThreadPoolExecutor(NUM_THREADS) as ex:
-            pbar = tqdm(enumerate(ex.map(fn, range(self.n))), total=self.n, bar_format=TQDM_FORMAT,
+            pbar = tqdm(enumerate(ex.map(fn, range(self.n))), total=self.n, bar_format=TQDM_BAR_FORMAT,
                         disable=self.n < 100)
             for i, x in pbar:
                 if kind == "disk":
