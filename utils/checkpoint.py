@@ -140,23 +140,23 @@ def _check_state_dict(sd, weights, what: str) -> dict:
 
 def _read(path: Path, weights) -> object:
     """Unpickle with the safe unpickler; every failure becomes a short CheckpointError naming the file."""
-    try:
-        return read_torch_zip(path)
-    except zipfile.BadZipFile:
+    if not zipfile.is_zipfile(path):
         with open(path, "rb") as f:
             head = f.read(2)
-        if head == b"\x80\x02":  # torch's legacy (pre-1.6) stream of pickles
+        if head == b"\x80\x02":  # torch's legacy (pre-1.6) stream of pickles, read via its 'module' persistent ids
             raise CheckpointError(f"'{weights}' uses the legacy (pre-1.6) PyTorch format, which is not read for "
-                                  "safety; re-save it with torch.save in PyTorch >= 1.6") from None
+                                  "safety; re-save it with torch.save in PyTorch >= 1.6")
         raise CheckpointError(f"'{weights}' is not a readable PyTorch checkpoint (truncated or corrupt?): "
-                              "no zip directory") from None
+                              "no zip directory")
+    try:
+        return read_torch_zip(path)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"'{weights}' cannot be loaded safely: {first_line(e)[:150]}") from None
+        raise CheckpointError(f"'{weights}' cannot be loaded safely: {first_line(e)[:120]}") from None
     except RecursionError:
         raise CheckpointError(f"'{weights}' is nested too deeply to read") from None
     except Exception as e:  # zip CRC errors, EOF, garbage opcodes: never torch's advice, never a traceback
         raise CheckpointError(f"'{weights}' is not a readable PyTorch checkpoint (truncated or corrupt?): "
-                              f"{type(e).__name__}: {first_line(e)[:80]}") from None
+                              f"{type(e).__name__}: {first_line(e)[:60]}") from None
 
 
 def _native(raw: dict, weights) -> dict:
