@@ -10,7 +10,6 @@ import pickle
 import struct
 import subprocess
 import sys
-import textwrap
 import types
 import zipfile
 from pathlib import Path
@@ -194,31 +193,16 @@ def test_numpy_dtype_state_only_touches_a_private_copy(tmp_path):
     assert np.dtype("f8").str == "<f8" and np.ones(1).dtype.str == "<f8"
 
 
-_FRESH = """
-import sys, torch; sys.path.insert(0, {root!r}); torch.set_num_threads(1)
-from models.experimental import attempt_load
-m = attempt_load({clean!r}); x = torch.load({x!r})
-with torch.no_grad(): out = m(x)[0]
-torch.save({{"sd": m.state_dict(), "out": out}}, {res!r})
-"""
-
-
-def test_clean_load_after_crafted_ones_equals_a_fresh_process(tmp_path, clean):
+def test_clean_load_after_crafted_ones_equals_a_fresh_process(tmp_path, clean, fresh_process):
     for f, _ in crafted_files(tmp_path).values():
         with contextlib.suppress(CheckpointError):
             load_checkpoint(f)
-    torch.manual_seed(1)
-    x = torch.rand(1, 3, 64, 96)
-    torch.save(x, tmp_path / "x.pt")
-    code = _FRESH.format(root=str(ROOT), clean=str(clean), x=str(tmp_path / "x.pt"), res=str(tmp_path / "res.pt"))
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
-    fresh = torch.load(tmp_path / "res.pt", weights_only=True)
-    torch.set_num_threads(1)  # as in the fresh process: same kernels, same summation order
+    fresh = torch.load(fresh_process["dir"] / "res.pt", weights_only=True)
     m = attempt_load(clean)
     sd = m.state_dict()
     assert sd.keys() == fresh["sd"].keys() and all(torch.equal(sd[k], fresh["sd"][k]) for k in sd)
-    # identical weights, kernels and thread count: the outputs agree bit for bit
-    assert torch.equal(_out(m, x), fresh["out"])
+    # identical weights, kernels and thread count (1, set by conftest and the probe): bit-identical outputs
+    assert torch.equal(_out(m, fresh["x"]), fresh["out"])
 
 
 # ---------------------------------------------------------------- real YOLOv5 layouts
@@ -322,10 +306,13 @@ def test_unstripped_yolov5_checkpoint_loads_and_matches(tmp_path, tiny, layout):
 
 
 # ---------------------------------------------------------------- item 6: sizes claimed by a few bytes
-_BOMB_PROBE = """
-import json, resource, sys, time; sys.path.insert(0, {root!r})
+_PROBE = """
+import json, resource, sys, time, torch; sys.path.insert(0, {root!r}); torch.set_num_threads(1)
+from models.experimental import attempt_load
 from utils.checkpoint import CheckpointError, load_checkpoint
-load_checkpoint({clean!r})
+m = attempt_load({clean!r}); torch.manual_seed(1); x = torch.rand(1, 3, 64, 96)
+with torch.no_grad(): out = m(x)[0]
+torch.save({{"sd": m.state_dict(), "out": out, "x": x}}, {res!r})
 rows, peak0 = [], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 for f in {files!r}:
     t = time.time()
@@ -337,6 +324,18 @@ for f in {files!r}:
 grow = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak0) / 1024
 print(json.dumps({{"rows": rows, "grow_mb": grow}}))
 """
+
+
+@pytest.fixture(scope="module")
+def fresh_process(clean, tmp_path_factory) -> dict:
+    """One fresh interpreter: loads the clean checkpoint (outputs to compare with), then every bomb file while its
+    peak RSS is watched (ru_maxrss only grows, so its rise is what the bombs made it allocate)."""
+    d = tmp_path_factory.mktemp("fresh")
+    bombs = bomb_files(d)
+    code = _PROBE.format(root=str(ROOT), clean=str(clean), res=str(d / "res.pt"),
+                         files=[str(f) for f, _ in bombs.values()])
+    out = subprocess.run([sys.executable, "-c", code], check=True, timeout=300, capture_output=True, text=True)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]), dir=d, bombs=bombs)
 
 
 def bomb_files(d: Path) -> dict[str, tuple[Path, str]]:
@@ -365,19 +364,16 @@ def bomb_files(d: Path) -> dict[str, tuple[Path, str]]:
     return out
 
 
-def test_resource_bombs_refused_before_allocation(tmp_path, clean):
-    files = bomb_files(tmp_path)
-    for f, words in files.values():  # in this process: one line, the cause, the file
+def test_resource_bombs_refused_before_allocation(fresh_process):
+    for f, words in fresh_process["bombs"].values():  # in this process: one line, the cause, the file
         with pytest.raises(CheckpointError) as e:
             load_checkpoint(f)
         assert_one_line(e, f, words)
-    code = _BOMB_PROBE.format(root=str(ROOT), clean=str(clean), files=[str(f) for f, _ in files.values()])
-    r = json.loads(subprocess.run([sys.executable, "-c", code], check=True, timeout=300, capture_output=True,
-                                  text=True).stdout.strip().splitlines()[-1])
-    assert all(msg != "LOADED" for msg, _ in r["rows"]), r
+    r = fresh_process
+    assert all(msg != "LOADED" for msg, _ in r["rows"]), r["rows"]
     # each claims >= 64 MiB; a refusal before allocation needs a few MiB (the deflated record is never inflated)
-    assert r["grow_mb"] < 32, r
-    assert max(t for _, t in r["rows"]) < 10, r  # refused at once, not after reading/allocating gigabytes
+    assert r["grow_mb"] < 32, r["grow_mb"]
+    assert max(t for _, t in r["rows"]) < 10, r["rows"]  # refused at once, not after reading/allocating gigabytes
 
 
 # ---------------------------------------------------------------- item 7: malformed layouts, one line each
