@@ -89,7 +89,8 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------- reading files from strangers
-_MAX_MODULE_RECORDS = 100_000  # YOLOv5x has ~700; bounds a file whose records share children exponentially
+_MAX_MODULE_RECORDS = 200_000  # YOLOv5x: ~700 records, ~1,000 tensors; bounds records shared exponentially
+_GROUPS = ("_parameters", "_buffers", "_modules")
 
 
 def _state(rec: Record) -> dict:
@@ -103,22 +104,23 @@ def _record_state_dict(rec: Record, weights) -> dict:
     out, seen, todo = {}, 0, [(rec, "", frozenset())]
     while todo:
         r, prefix, ancestors = todo.pop()
-        seen += 1
-        if seen > _MAX_MODULE_RECORDS:
-            raise CheckpointError(f"'{weights}': more than {_MAX_MODULE_RECORDS} module records")
         st = _state(r)
-        skip = st.get("_non_persistent_buffers_set") or set()
+        groups = {g: st.get(g) if st.get(g) is not None else {} for g in _GROUPS}
+        where = prefix[:-1] or "model"
+        for g, d in groups.items():
+            if not isinstance(d, dict) or not all(isinstance(k, str) for k in d):
+                raise CheckpointError(f"'{weights}': module record '{where[:60]}' has a malformed {g}")
+        # entries count too: one huge dict shared by many records costs as much as many records
+        seen += 1 + sum(map(len, groups.values()))
+        if seen > _MAX_MODULE_RECORDS:
+            raise CheckpointError(f"'{weights}': more than {_MAX_MODULE_RECORDS} module records and entries")
+        skip = st.get("_non_persistent_buffers_set")
         skip = skip if isinstance(skip, (set, frozenset)) else set()
-        for group in ("_parameters", "_buffers"):
-            entries = st.get(group) or {}
-            if not isinstance(entries, dict):
-                raise CheckpointError(f"'{weights}': module record '{prefix[:-1] or 'model'}' has a malformed {group}")
-            for k, v in entries.items():
-                if v is not None and not (group == "_buffers" and k in skip):
+        for g in _GROUPS[:2]:
+            for k, v in groups[g].items():
+                if v is not None and not (g == "_buffers" and k in skip):
                     out[f"{prefix}{k}"] = v
-        children = st.get("_modules") or {}
-        if not isinstance(children, dict):
-            raise CheckpointError(f"'{weights}': module record '{prefix[:-1] or 'model'}' has malformed _modules")
+        children = groups["_modules"]
         inner = ancestors | {id(r)}
         for k, child in reversed(list(children.items())):
             if isinstance(child, Record):
@@ -178,6 +180,8 @@ def _names(names, weights) -> dict:
         names = dict(enumerate(names))
     if not isinstance(names, dict) or not all(type(k) is int or (isinstance(k, str) and k.isdigit()) for k in names):
         raise CheckpointError(f"'{weights}': class names are a {type(names).__name__}, not a list or int-keyed dict")
+    if not all(isinstance(v, (str, int, float)) for v in names.values()):
+        raise CheckpointError(f"'{weights}': class names must be strings")
     return {int(k): str(v) for k, v in names.items()}
 
 
@@ -198,9 +202,19 @@ def _yolov5(raw: dict, weights) -> dict:
 
 def warn_non_finite(sd: dict, weights) -> int:
     """Count NaN/Inf weight values and warn: such a model loads fine and then detects nothing."""
-    bad = sum(int((~torch.isfinite(v)).sum()) for v in sd.values() if v.is_floating_point() or v.is_complex())
+    bad = total = 0
+    seen = set()
+    for v in sd.values():  # per distinct storage: many views of one storage cost one pass, not one each
+        if not (v.is_floating_point() or v.is_complex()):
+            continue
+        st = v.untyped_storage()
+        if (st.data_ptr(), v.dtype) in seen:
+            continue
+        seen.add((st.data_ptr(), v.dtype))
+        flat = torch.empty(0, dtype=v.dtype).set_(st) if v.numel() else v
+        bad += int((~torch.isfinite(flat)).sum())
+        total += flat.numel()
     if bad:
-        total = sum(v.numel() for v in sd.values() if v.is_floating_point() or v.is_complex())
         LOGGER.warning(f"WARNING: '{weights}' holds {bad} NaN/Inf weight values (of {total}); "
                        "its detections will be meaningless")
     return bad
@@ -240,7 +254,7 @@ def _interpret(raw, weights) -> dict:
                 "names": _names(raw.get("names"), weights), "stride": raw.get("stride"), "source": "native",
                 "ckpt": raw}
     raise CheckpointError(f"'{weights}' is not a YOLOv5 or yolov5-lite checkpoint "
-                          f"(keys: {sorted(str(k)[:20] for k in raw)[:8]})")
+                          f"(keys: {sorted(str(k)[:20] if isinstance(k, (str, int)) else type(k).__name__ for k in raw)[:8]})")
 
 
 def strip_optimizer(path: str | Path) -> None:
