@@ -234,6 +234,14 @@ class SafeUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcode
             _refuse("numpy scalar record that is not a plain number")
         return _np_multiarray.scalar(dtype, data)
 
+    @staticmethod
+    def _frombuffer(buf, dtype, shape, order="C"):  # protocol 5 writes arrays this way
+        if not (isinstance(buf, (bytes, bytearray)) and _numeric(dtype) and isinstance(shape, tuple)
+                and len(shape) <= _MAX_NDIM and all(_is_int(n) for n in shape) and order in ("C", "F")
+                and math.prod(shape) * dtype.itemsize == len(buf)):
+            _refuse("numpy array whose data does not match its shape and dtype")
+        return np.frombuffer(bytearray(buf), dtype=dtype).reshape(shape, order=order)
+
     # ------------------------------------------------------------------ state and containers
     def load_build(self):
         state = self.stack.pop()
@@ -318,6 +326,8 @@ _CALLABLE = {
     ("numpy._core.multiarray", "scalar"): SafeUnpickler._scalar,
     ("numpy.core.multiarray", "_reconstruct"): SafeUnpickler._reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): SafeUnpickler._reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): SafeUnpickler._frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): SafeUnpickler._frombuffer,
     ("pathlib", "PosixPath"): Path, ("pathlib", "WindowsPath"): Path, ("pathlib", "Path"): Path,
     ("pathlib._local", "PosixPath"): Path, ("pathlib._local", "WindowsPath"): Path,
 }
