@@ -493,10 +493,12 @@ def test_reader_matches_torch_on_the_reference_file(reference):
 def test_plain_values_read_at_every_pickle_protocol(tmp_path, protocol):
     v = {"f": np.float64(0.25), "i": np.int64(-3), "a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": b"\x00\xff",
          "p": Path("runs/x"), "s": {1, 2}, "fs": frozenset([3]), "t": (1, 2.5, None, True), "od": {"k": [1, "x"]},
-         "w": torch.arange(6.0).view(2, 3).t(), "h": torch.ones(3, dtype=torch.float16), "sz": torch.Size([2, 3])}
+         "w": torch.arange(6.0).view(2, 3).t(), "h": torch.ones(3, dtype=torch.float16), "sz": torch.Size([2, 3]),
+         "u16": torch.arange(4).to(torch.uint16)}  # written as _rebuild_tensor_v3 over an untyped storage
     torch.save(v, tmp_path / "v.pt", pickle_protocol=protocol)
     r = read_torch_zip(tmp_path / "v.pt")
     assert r.keys() == v.keys() and r["f"] == v["f"] and type(r["f"]) is np.float64 and r["i"] == -3
     assert np.array_equal(r["a"], v["a"]) and r["a"].dtype == np.float32 and r["b"] == v["b"] and r["p"] == v["p"]
     assert (r["s"], r["fs"], r["t"], r["od"], r["sz"]) == (v["s"], v["fs"], v["t"], v["od"], v["sz"])
     assert torch.equal(r["w"], v["w"]) and r["w"].stride() == (1, 3) and r["h"].dtype == torch.float16
+    assert r["u16"].dtype == torch.uint16 and r["u16"].tolist() == [0, 1, 2, 3]

@@ -107,6 +107,10 @@ def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks
 
 
 def _rebuild_tensor_v3(storage, offset, size, stride, requires_grad, hooks, dtype, metadata=None):
+    """torch writes this for dtypes without a legacy storage class (uint16, float8, ...): bytes of an untyped
+    storage viewed as dtype."""
+    if isinstance(storage, Storage) and storage.dtype == torch.uint8 and isinstance(dtype, torch.dtype):
+        storage = Storage(storage.untyped, dtype)
     return _rebuild_tensor(storage, offset, size, stride, requires_grad, hooks, metadata, dtype)
 
 
@@ -332,7 +336,8 @@ _CALLABLE = {
     ("pathlib._local", "PosixPath"): Path, ("pathlib._local", "WindowsPath"): Path,
 }
 # Globals a file may only pass around as arguments.
-_VALUES = {("numpy", "ndarray"): np.ndarray}
+_VALUES = {("numpy", "ndarray"): np.ndarray, ("torch", "UntypedStorage"): torch.UntypedStorage,
+           ("torch.storage", "UntypedStorage"): torch.UntypedStorage}
 
 
 class _ZipStorages:
