@@ -365,10 +365,12 @@ def bomb_files(d: Path) -> dict[str, tuple[Path, str]]:
 
 
 def test_resource_bombs_refused_before_allocation(fresh_process):
+    before = snapshot()
     for f, words in fresh_process["bombs"].values():  # in this process: one line, the cause, the file
         with pytest.raises(CheckpointError) as e:
             load_checkpoint(f)
         assert_one_line(e, f, words)
+    assert_unchanged(before)
     r = fresh_process
     assert all(msg != "LOADED" for msg, _ in r["rows"]), r["rows"]
     # each claims >= 64 MiB; a refusal before allocation needs a few MiB (the deflated record is never inflated)
@@ -439,6 +441,7 @@ def test_cli_prints_one_line_for_a_crafted_file(tmp_path, log_lines):
 
 # ---------------------------------------------------------------- item 8: messages that do not mislead
 def test_truncated_directory_and_wrong_shape_messages(tmp_path, tiny, clean):
+    before = snapshot()
     good = clean.read_bytes()
     for frac in (0.5, 0.98):  # the middle of a record, and only the zip directory missing
         f = tmp_path / f"trunc{frac}.pt"
@@ -465,6 +468,7 @@ def test_truncated_directory_and_wrong_shape_messages(tmp_path, tiny, clean):
     with pytest.raises(CheckpointError) as e:
         attempt_load(f)
     assert_one_line(e, f, "'model.24.m.0.weight'", "(24, 64, 1, 1)", "(27, 64, 1, 1)")
+    assert_unchanged(before)
 
 
 # ---------------------------------------------------------------- item 9: NaN/Inf weights
