@@ -16,7 +16,7 @@ def check_fits(model: torch.nn.Module, sd: dict, weights) -> None:
     missing = [k for k in own if k not in sd]
     extra = [k for k in sd if k not in own]
     if missing or extra:
-        what = f"missing '{missing[0]}'" if missing else f"unexpected '{extra[0]}'"
+        what = f"missing '{missing[0]}'" if missing else f"unexpected '{extra[0][:80]}'"
         raise CheckpointError(f"'{weights}': weights do not fit the rebuilt model: {what} "
                               f"({len(missing)} missing, {len(extra)} unexpected keys)")
     for k, v in own.items():

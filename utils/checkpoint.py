@@ -125,7 +125,7 @@ def _record_state_dict(rec: Record, weights) -> dict:
         for k, child in reversed(list(children.items())):
             if isinstance(child, Record):
                 if id(child) in inner:
-                    raise CheckpointError(f"'{weights}': module records form a cycle (at '{prefix}{k}')")
+                    raise CheckpointError(f"'{weights}': module records form a cycle (at '{(prefix + k)[:80]}')")
                 todo.append((child, f"{prefix}{k}.", inner))
     return out
 
@@ -254,7 +254,7 @@ def _interpret(raw, weights) -> dict:
                 "names": _names(raw.get("names"), weights), "stride": raw.get("stride"), "source": "native",
                 "ckpt": raw}
     raise CheckpointError(f"'{weights}' is not a YOLOv5 or yolov5-lite checkpoint "
-                          f"(keys: {sorted(str(k)[:20] if isinstance(k, (str, int)) else type(k).__name__ for k in raw)[:8]})")
+                          f"(keys: {sorted(k[:20] if isinstance(k, str) else type(k).__name__ for k in raw)[:8]})")
 
 
 def strip_optimizer(path: str | Path) -> None:

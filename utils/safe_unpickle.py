@@ -154,15 +154,15 @@ class SafeUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcode
             return _CALLABLE[(module, name)]
         if (module, name) in _VALUES:
             return _VALUES[(module, name)]
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
+        if module == "torch" and isinstance(vars(torch).get(name), torch.dtype):  # vars: no lazy submodule import
+            return vars(torch)[name]
         if module == "torch" and name.endswith("Storage") and name.isidentifier():
             try:
                 return _StorageType(torch.serialization.StorageType(name).dtype)
             except (KeyError, AttributeError, RuntimeError):
                 pass
-        if module.startswith(self.record_modules) and name.isidentifier() and \
-                all(p.isidentifier() for p in module.split(".")):
+        if module.startswith(self.record_modules) and name.isidentifier() and len(name) <= 64 and \
+                len(module) <= 128 and all(p.isidentifier() for p in module.split(".")):
             key = f"{module}.{name}"
             if key not in self._records:
                 self._records[key] = type(name, (Record,), {"qualname": key, "__module__": __name__})
