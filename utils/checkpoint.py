@@ -200,6 +200,15 @@ def _yolov5(raw: dict, weights) -> dict:
             "stride": stride.tolist() if isinstance(stride, torch.Tensor) else stride, "source": "yolov5", "ckpt": raw}
 
 
+def _count_non_finite(t: torch.Tensor) -> int:
+    """numpy's isfinite is ~20x faster than torch's on CPU fp16; bfloat16/float8 have no numpy type."""
+    try:
+        a = t.numpy()
+    except TypeError:
+        return int(t.numel() - torch.count_nonzero(torch.isfinite(t)))
+    return int(a.size - np.count_nonzero(np.isfinite(a)))
+
+
 def warn_non_finite(sd: dict, weights) -> int:
     """Count NaN/Inf weight values and warn: such a model loads fine and then detects nothing."""
     bad = total = 0
@@ -212,7 +221,7 @@ def warn_non_finite(sd: dict, weights) -> int:
             continue
         seen.add((st.data_ptr(), v.dtype))
         flat = torch.empty(0, dtype=v.dtype).set_(st) if v.numel() else v
-        bad += int((~torch.isfinite(flat)).sum())
+        bad += _count_non_finite(flat)
         total += flat.numel()
     if bad:
         LOGGER.warning(f"WARNING: '{weights}' holds {bad} NaN/Inf weight values (of {total}); "
