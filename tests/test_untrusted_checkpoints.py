@@ -418,6 +418,14 @@ def test_malformed_layouts_give_one_line(tmp_path, tiny):
     with pytest.raises(CheckpointError) as e:
         attempt_load(f)
     assert_one_line(e, f, "module records")
+    # a chain 150 records deep (each walk step would copy its ancestors: quadratic) stops at a depth bound
+    chain = new + D(_modules=EMPTY_DICT) + BUILD + b"q\x000"
+    chain += (new + D(_modules=D(a=b"h\x00")) + BUILD + b"q\x000") * 150 + b"h\x00"
+    top = G("models.yolo", "DetectionModel") + EMPTY_TUPLE + b"\x81" + D(yaml=D(nc=I(3)), _modules=D(model=chain))
+    f = write_zip(tmp_path / "deep.pt", PROTO + D(model=top + BUILD) + STOP)
+    with pytest.raises(CheckpointError) as e:
+        attempt_load(f)
+    assert_one_line(e, f, "nested more than")
     assert_unchanged(before)
 
 

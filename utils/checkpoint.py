@@ -90,6 +90,7 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
 
 # ---------------------------------------------------------------- reading files from strangers
 _MAX_MODULE_RECORDS = 200_000  # YOLOv5x: ~700 records, ~1,000 tensors; bounds records shared exponentially
+_MAX_DEPTH = 100  # YOLOv5: DetectionModel > Sequential > Detect > ModuleList > Conv2d is 5
 _GROUPS = ("_parameters", "_buffers", "_modules")
 
 
@@ -126,6 +127,8 @@ def _record_state_dict(rec: Record, weights) -> dict:
             if isinstance(child, Record):
                 if id(child) in inner:
                     raise CheckpointError(f"'{weights}': module records form a cycle (at '{(prefix + k)[:80]}')")
+                if len(inner) >= _MAX_DEPTH:
+                    raise CheckpointError(f"'{weights}': module records nested more than {_MAX_DEPTH} deep")
                 todo.append((child, f"{prefix}{k}.", inner))
     return out
 

@@ -142,6 +142,7 @@ class SafeUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcode
         super().__init__(file)
         self._storages = storages or (lambda pid: _refuse("persistent ids are not allowed here"))
         self._records: dict[str, type] = {}  # per load: record classes never outlive it
+        self._record_types: set[type] = set()
         self._fresh: dict[int, Any] = {}  # numpy objects this load created (kept alive so ids stay unique)
         self._callables = {id(f): f for f in _CALLABLE.values()}
 
@@ -166,6 +167,7 @@ class SafeUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcode
             key = f"{module}.{name}"
             if key not in self._records:
                 self._records[key] = type(name, (Record,), {"qualname": key, "__module__": __name__})
+                self._record_types.add(self._records[key])
             return self._records[key]
         _refuse(f"refusing to load global '{module[:60]}.{name[:60]}' (not on the allow-list)")
 
@@ -176,7 +178,7 @@ class SafeUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcode
     def _call(self, func, args, kwargs=None):
         if not isinstance(args, tuple) or (kwargs is not None and not isinstance(kwargs, dict)):
             _refuse("malformed call")
-        if isinstance(func, type) and issubclass(func, Record) and func in self._records.values():
+        if isinstance(func, type) and func in self._record_types:
             if args or kwargs:
                 _refuse(f"record class {func.qualname} called with arguments")
             return func.__new__(func)
@@ -250,7 +252,7 @@ class SafeUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcode
     def load_build(self):
         state = self.stack.pop()
         inst = self.stack[-1]
-        if isinstance(inst, Record) and type(inst) in self._records.values():
+        if type(inst) in self._record_types:
             inst.__setstate__(state)
         elif self._fresh.get(id(inst)) is inst and isinstance(inst, np.dtype):
             if not (isinstance(state, tuple) and len(state) in (8, 9) and state[2:5] == (None, None, None)):
