@@ -45,8 +45,8 @@ def T(*items: bytes) -> bytes:
     return b"(" + b"".join(items) + b"t"
 
 
-PROTO, STOP, REDUCE, BUILD, NONE, EMPTY_DICT, SETITEM, EMPTY_TUPLE = b"\x80\x02", b".", b"R", b"b", b"N", b"}", b"s", b")"
-FALSE = b"\x89"
+PROTO, STOP, REDUCE, BUILD, NONE, EMPTY_DICT = b"\x80\x02", b".", b"R", b"b", b"N", b"}"
+SETITEM, EMPTY_TUPLE, FALSE = b"s", b")", b"\x89"
 
 
 def D(**kv: bytes) -> bytes:
@@ -404,7 +404,8 @@ def test_malformed_layouts_give_one_line(tmp_path, tiny):
     # cyclic module records: DetectionModel._modules['model'] is C3 whose _modules['0'] is the same C3
     conv = G("models.common", "C3") + EMPTY_TUPLE + b"\x81" + b"q\x01"  # NEWOBJ, memo 1
     state = D(_parameters=EMPTY_DICT, _buffers=EMPTY_DICT, _modules=D(**{"0": b"h\x01"})) + BUILD
-    top = G("models.yolo", "DetectionModel") + EMPTY_TUPLE + b"\x81" + D(yaml=D(nc=I(3)), _modules=D(model=conv + state))
+    top = G("models.yolo", "DetectionModel") + EMPTY_TUPLE + b"\x81" + D(yaml=D(nc=I(3)),
+                                                                           _modules=D(model=conv + state))
     f = write_zip(tmp_path / "cyclic.pt", PROTO + D(model=top + BUILD) + STOP)
     with pytest.raises(CheckpointError) as e:
         attempt_load(f)
