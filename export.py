@@ -500,6 +500,8 @@ def load_model(weights, device: torch.device, half: bool = False) -> nn.Module:
     else:
         from models.experimental import attempt_load
         w = Path(str(weights[0] if isinstance(weights, (list, tuple)) else weights))
+        if w.is_dir():
+            raise ExportError(f"weights '{w}' is a directory, not a file")
         if not w.is_file():
             raise FileNotFoundError(f"weights file '{w}' not found")
         if w.suffix not in (".pt", ".pth"):
