@@ -109,17 +109,13 @@ def _max_stride(stride) -> int:
 
 
 def decode_raw(outputs: list[torch.Tensor], anchors_px, strides) -> torch.Tensor:
-    """Per-level raw head outputs (bs, na, ny, nx, no) -> decoded (bs, N, no), as Detect does at inference."""
+    """Per-level raw head outputs (bs, na, ny, nx, no) -> decoded (bs, N, no), with Detect's own decoding."""
+    from models.blocks.heads import decode_level, make_grid
     z = []
     for x, a, s in zip(outputs, anchors_px, strides):
-        bs, na, ny, nx, no = x.shape
-        y = x.float().sigmoid()
-        yv, xv = torch.meshgrid(torch.arange(ny, device=x.device), torch.arange(nx, device=x.device), indexing="ij")
-        grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2).float() - 0.5
-        anchor = torch.as_tensor(a, dtype=torch.float32, device=x.device).view(1, na, 1, 1, 2)
-        xy = (y[..., :2] * 2 + grid) * float(s)
-        wh = (y[..., 2:4] * 2) ** 2 * anchor
-        z.append(torch.cat((xy, wh, y[..., 4:]), 4).view(bs, -1, no))
+        anchors = torch.as_tensor(a, dtype=torch.float32, device=x.device).view(-1, 2)
+        grid, anchor_grid = make_grid(x.shape[3], x.shape[2], anchors)
+        z.append(decode_level(x.float(), grid, anchor_grid, float(s)))
     return torch.cat(z, 1)
 
 
