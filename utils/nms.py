@@ -48,24 +48,35 @@ def _candidates(prediction: torch.Tensor, conf_thres: float, labels, nc: int, nm
 
 
 def _detections(bi: torch.Tensor, x: torch.Tensor, conf_thres: float, nc: int, multi_label: bool, classes):
-    """(image index, (k, 6+nm) rows x1, y1, x2, y2, conf, cls(, masks)) for every (box, class) above conf_thres."""
-    mi = 5 + nc
-    scores = x[:, 5:mi] * x[:, 4:5]
-    box = xywh2xyxy(x[:, :4])
-    mask = x[:, mi:]
+    """Every (box, class) above conf_thres as index vectors (image, row of x, score, class id as a float); the
+    rows themselves are gathered only for the few candidates NMS looks at."""
+    scores = x[:, 5:5 + nc] * x[:, 4:5]
     if multi_label:
-        i, j = (scores > conf_thres).nonzero(as_tuple=False).T
-        det = torch.cat((box[i], scores[i, j, None], j[:, None].float(), mask[i]), 1)
-        bi = bi[i]
+        row, j = (scores > conf_thres).nonzero(as_tuple=True)
+        score = scores[row, j]
     else:
-        conf, j = scores.max(1, keepdim=True)
-        keep = conf.view(-1) > conf_thres
-        det = torch.cat((box, conf, j.float(), mask), 1)[keep]
-        bi = bi[keep]
+        conf, j = scores.max(1)
+        row = (conf > conf_thres).nonzero(as_tuple=True)[0]
+        score, j = conf[row], j[row]
+    cls = j.to(torch.promote_types(x.dtype, torch.float32))  # as before: fp16 input gets float32 class ids
     if classes is not None:
-        keep = (det[:, 5:6] == torch.tensor(classes, device=det.device)).any(1)
-        det, bi = det[keep], bi[keep]
-    return bi, det
+        keep = (cls[:, None] == torch.tensor(classes, device=x.device)).any(1)
+        row, score, cls = row[keep], score[keep], cls[keep]
+    return bi[row], row, score, cls
+
+
+class _Shifted:
+    """boxes[idx] -> xyxy boxes of those candidates plus their class offset, computed on demand (the same float
+    ops as shifting every candidate up front, so the same values)."""
+
+    def __init__(self, xyxy: torch.Tensor, row: torch.Tensor, offset: torch.Tensor):
+        self.xyxy, self.row, self.offset = xyxy, row, offset
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        return self.xyxy[self.row[idx]] + self.offset[idx, None]
 
 
 def _ranked_nms(boxes: torch.Tensor, iou_thres: float) -> torch.Tensor:
@@ -145,21 +156,25 @@ def non_max_suppression(prediction, conf_thres: float = 0.25, iou_thres: float =
     bs = prediction.shape[0]
     nc = prediction.shape[2] - nm - 5
     multi_label &= nc > 1
-    bi, det = _detections(*_candidates(prediction, conf_thres, labels, nc, nm), conf_thres, nc, multi_label, classes)
+    bi, x = _candidates(prediction, conf_thres, labels, nc, nm)
+    bi, row, score, cls = _detections(bi, x, conf_thres, nc, multi_label, classes)
     out = [torch.zeros((0, 6 + nm), device=prediction.device)] * bs
-    if not len(det):
+    if not len(score):
         return out
-    shifted = det[:, :4] + det[:, 5:6] * (0 if agnostic else MAX_WH)
+    xyxy, mask = xywh2xyxy(x[:, :4]), x[:, 5 + nc:]
+    offset = cls * (0 if agnostic else MAX_WH)
     # per-class NMS gives the same survivors as one call on shifted boxes when the shift keeps classes apart:
     # every box within a band narrower than MAX_WH (1 px margin for the float rounding of the shift)
-    lo, hi = det[:, :4].min(), det[:, :4].max()
-    groups = None if agnostic or not bool(hi - lo < MAX_WH - 1) else det[:, 5].long()
+    lo, hi = xyxy.min(), xyxy.max()
+    groups = None if agnostic or not bool(hi - lo < MAX_WH - 1) else cls.long()
     bounds = torch.cumsum(torch.bincount(bi, minlength=bs), 0).tolist()
     start = 0
     for xi, end in enumerate(bounds):
         if end > start:
-            keep = greedy_nms_topk(shifted[start:end], det[start:end, 4], iou_thres, max_det, max_nms,
-                                   groups=None if groups is None else groups[start:end])
-            out[xi] = det[start:end][keep]
+            seg = slice(start, end)
+            keep = greedy_nms_topk(_Shifted(xyxy, row[seg], offset[seg]), score[seg], iou_thres, max_det, max_nms,
+                                   groups=None if groups is None else groups[seg])
+            r = row[seg][keep]
+            out[xi] = torch.cat((xyxy[r], score[seg][keep, None], cls[seg][keep, None], mask[r]), 1)
         start = end
     return out
