@@ -233,6 +233,30 @@ def deferred_interrupts():
         raise KeyboardInterrupt(f"signal {caught[0]}")
 
 
+class PhaseClock:
+    """Wall seconds per training phase within an epoch, logged at its end. CPU kernels run synchronously, so the
+    deltas are the phases' own cost; on CUDA they measure launch time (nothing is synchronised, to stay free)."""
+
+    PHASES = ("data", "forward", "loss", "backward", "optimizer", "ema", "log", "val", "checkpoint")
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.seconds = dict.fromkeys(self.PHASES, 0.0)
+        self.last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        """Charge the time since the previous lap to phase."""
+        now = time.perf_counter()
+        self.seconds[phase] += now - self.last
+        self.last = now
+
+    def summary(self) -> str:
+        total = sum(self.seconds.values())
+        return f"epoch {total:.1f}s: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items())
+
+
 def set_cpu_threads(device: torch.device, workers: int) -> None:
     """On CPU, leave one core per dataloader worker (only ever lowering the count): OpenMP threads that share cores
     with workers or other DDP processes spin at barriers, measured 10x slower on 2 cores. OMP_NUM_THREADS wins."""
@@ -403,6 +427,7 @@ def train(hyp, opt, device: torch.device, callbacks: Callbacks | None = None):
     stopper.best_fitness, stopper.best_epoch = best_fitness, best_epoch
     compute_loss = ComputeLoss(m)
     csv = ResultsCSV(save_dir / "results.csv", start_epoch) if main_rank else None
+    clock = PhaseClock()
     callbacks.run("on_train_start")
     LOGGER.info(f"Image sizes {imgsz} train, {imgsz} val\n"
                 f"Using {train_loader.num_workers * WORLD_SIZE} dataloader workers\n"
@@ -433,7 +458,9 @@ def train(hyp, opt, device: torch.device, callbacks: Callbacks | None = None):
                                                        "Instances", "Size"))
                     pbar = tqdm(pbar, total=nb, bar_format=TQDM_FORMAT)
                 optimizer.zero_grad()
+                clock.reset()
                 for i, (imgs, targets, paths, _) in pbar:
+                    clock.lap("data")
                     callbacks.run("on_train_batch_start")
                     ni = i + nb * epoch  # iterations since the start of training
                     imgs = imgs.to(device, non_blocking=True).float() / 255
@@ -449,6 +476,7 @@ def train(hyp, opt, device: torch.device, callbacks: Callbacks | None = None):
                     with sync:
                         with torch.autocast(device.type, enabled=amp):
                             pred = model(imgs)
+                            clock.lap("forward")
                             loss, loss_items = compute_loss(pred, targets.to(device))
                             if RANK != -1:
                                 loss = loss * WORLD_SIZE  # DDP averages gradients; keep the total-batch scale
@@ -458,7 +486,9 @@ def train(hyp, opt, device: torch.device, callbacks: Callbacks | None = None):
                             status = NON_FINITE
                             bad = loss_items.tolist()
                             break
+                        clock.lap("loss")
                         scaler.scale(loss).backward()
+                        clock.lap("backward")
 
                     if will_step:
                         scaler.unscale_(optimizer)
@@ -469,8 +499,10 @@ def train(hyp, opt, device: torch.device, callbacks: Callbacks | None = None):
                         scaler.step(optimizer)
                         scaler.update()
                         optimizer.zero_grad()
+                        clock.lap("optimizer")
                         if ema:
                             ema.update(model)
+                        clock.lap("ema")
                         last_opt_step = ni
 
                     if main_rank:
@@ -482,6 +514,7 @@ def train(hyp, opt, device: torch.device, callbacks: Callbacks | None = None):
                         if plots and ni < 3:
                             from utils.plots import plot_images
                             plot_images(imgs, targets, paths, save_dir / f"train_batch{ni}.jpg", names)
+                    clock.lap("log")
                 if status == NON_FINITE:
                     break
 
@@ -493,11 +526,13 @@ def train(hyp, opt, device: torch.device, callbacks: Callbacks | None = None):
                     callbacks.run("on_train_epoch_end", epoch=epoch)
                     ema.update_attr(model, include=["yaml", "nc", "hyp", "names", "stride", "class_weights"])
                     final_epoch = (epoch + 1 == epochs) or stopper.possible_stop
+                    clock.lap("log")
                     if not noval or final_epoch:
                         results, maps, _ = validate.run(data_dict, batch_size=batch_size // WORLD_SIZE * 2,
                                                         imgsz=imgsz, half=amp, model=ema.ema, single_cls=single_cls,
                                                         dataloader=val_loader, save_dir=save_dir, plots=False,
                                                         callbacks=callbacks, compute_loss=compute_loss)
+                    clock.lap("val")
                     fi = float(fitness(np.array(results).reshape(1, -1))[0])
                     stop = stopper(epoch=epoch, fitness=fi) or callbacks.stop_training
                     if fi > best_fitness:
@@ -519,6 +554,8 @@ def train(hyp, opt, device: torch.device, callbacks: Callbacks | None = None):
                                 save_checkpoint(ckpt, w / f"epoch{epoch}.pt")
                         del ckpt
                         callbacks.run("on_model_save", last, epoch, final_epoch, best_fitness, fi)
+                    clock.lap("checkpoint")
+                    LOGGER.info(f"Time per phase, {clock.summary()}")
                 if RANK != -1:  # every rank must stop together
                     flag = [stop]
                     dist.broadcast_object_list(flag, 0)

@@ -27,7 +27,7 @@ from utils.backends import DetectBackend  # noqa: E402
 from utils.boxes import scale_boxes, xywh2xyxy, xyxy2xywh  # noqa: E402
 from utils.general import LOGGER, TQDM_BAR_FORMAT, check_img_size, colorstr, first_line, increment_path  # noqa: E402
 from utils.metrics import COCO_MAX_DETS, ConfusionMatrix, DetectionMetrics, xyxy2coco  # noqa: E402
-from utils.nms import non_max_suppression  # noqa: E402
+from utils import backends  # noqa: E402
 from utils.torch_utils import select_device, time_sync  # noqa: E402
 
 # COCO's 80 training classes -> the 91 category ids of the official annotation files
@@ -111,11 +111,10 @@ def coco_evaluate(anno_json: str | Path, pred_json: str | Path, img_ids: list) -
 def save_one_txt(predn: torch.Tensor, save_conf: bool, shape: tuple, file: Path) -> None:
     """YOLO label rows `cls x y w h [conf]` normalised to the original image."""
     gn = torch.tensor(shape, dtype=torch.float64)[[1, 0, 1, 0]]
-    xywh = (xyxy2xywh(predn[:, :4].double()) / gn).tolist()
+    xywhn = (xyxy2xywh(predn[:, :4].double()) / gn).cpu().numpy()
     with open(file, "a") as f:
-        for (cx, cy, w, h), conf, cls in zip(xywh, predn[:, 4].tolist(), predn[:, 5].tolist()):
-            row = (int(cls), cx, cy, w, h, conf) if save_conf else (int(cls), cx, cy, w, h)
-            f.write(("%g " * len(row)).rstrip() % row + "\n")
+        f.writelines(backends.label_lines(predn[:, 5].cpu().numpy(), xywhn,
+                                          predn[:, 4].cpu().numpy() if save_conf else None))
 
 
 def output_to_target(output: list[torch.Tensor], max_det: int = 300) -> torch.Tensor:
@@ -155,15 +154,12 @@ def run(data, weights=None, batch_size: int = 32, imgsz: int = 640, conf_thres: 
         save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
         (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
         data = check_dataset(data)  # before loading weights: a bad yaml is the cheaper error to report
-        model = DetectBackend(weights, device=device, trusted=trust_weights)  # one-line errors for bad files
+        # one-line errors for a missing file or bad suffix; the backend owns the fp16-on-CPU check
+        model = DetectBackend(weights, device=device, fp16=half, trusted=trust_weights)
         pt = bool(getattr(model, "pt", True))
         stride = max_stride(model)
         imgsz = check_img_size(imgsz, stride)
-        if half and device.type == "cpu":
-            LOGGER.warning("WARNING ⚠️ --half needs CUDA; validating in float32 on CPU")
-        half &= device.type != "cpu" and pt
-        if half:
-            model.half()
+        half = bool(model.fp16) and pt  # exported graphs convert their own input
         if not pt:  # exported graphs: square inputs, and the batch and size they were exported for if fixed
             fixed = getattr(model, "fixed_imgsz", None)
             if fixed is not None and tuple(fixed) != (imgsz, imgsz):
@@ -247,9 +243,8 @@ def run(data, weights=None, batch_size: int = 32, imgsz: int = 640, conf_thres: 
 
         targets[:, 2:] *= torch.tensor((width, height, width, height), device=device)
         t3 = time_sync()
-        if not end2end:
-            preds = non_max_suppression(preds.float(), conf_thres, iou_thres, multi_label=True, agnostic=single_cls,
-                                        max_det=max_det)
+        preds = backends.postprocess(preds, conf_thres, iou_thres, agnostic=single_cls, multi_label=True,
+                                     max_det=max_det, end2end=end2end)
         dt[2] += time_sync() - t3
 
         # per image: map boxes back to the original image once, in float64, for the metric and the json alike

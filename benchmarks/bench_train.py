@@ -2,6 +2,10 @@
 
 python -m benchmarks.bench_train [--cfg yolov5n.yaml yolov5_MobileNetv2.yaml] [--imgsz 320] [--batch-size 16]
                                    [--steps 8] [--workers 0 2] [--data shapes.yaml]
+python -m benchmarks.bench_train --grid --threads-list 1 2 --workers 0 1 2 [--reps 3] [--data cards.yaml]
+    the whole loop (loader workers running beside the step) for every threads x workers x channels_last
+    combination, interleaved round-robin within one run so that load from other processes hits all alike;
+    reports the median images/s of each and its ratio to the first combination.
 
 Training step = forward, ComputeLoss, backward, gradient clipping, SGD step and EMA update, exactly as train.py
 runs them, on batches drawn from the loader beforehand (so loading is not counted). Loader = the augmenting
@@ -30,6 +34,62 @@ from utils.torch_utils import ModelEMA
 
 def train_step_throughput(cfg: str, batches: list, nc: int, imgsz: int, hyp: dict, steps: int) -> float:
     """Images/s of train.py's optimisation step on pre-loaded batches, after one warm-up step."""
+    model, step = make_step(cfg, nc, imgsz, hyp)
+    step(*batches[0])
+    n, t0 = 0, time.perf_counter()
+    for i in range(steps):
+        imgs, targets = batches[i % len(batches)]
+        step(imgs, targets)
+        n += imgs.shape[0]
+    return n / (time.perf_counter() - t0)
+
+
+def loop_throughput(model, step, loader, steps: int, channels_last: bool) -> float:
+    """Images/s of the real loop: batches come from loader's workers while the step runs (data wait included),
+    after warm-up steps that drain what the workers had prefetched while other combinations ran."""
+    it = iter(loader)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
+    warm = 2 * getattr(loader, "num_workers", 0) + 1
+    n, t0 = 0, 0.0
+    for i in range(warm + steps):
+        if i == warm:
+            n, t0 = 0, time.perf_counter()
+        imgs, targets = next(it)[:2]
+        step(imgs.contiguous(memory_format=fmt), targets)
+        n += imgs.shape[0]
+    return n / (time.perf_counter() - t0)
+
+
+def grid(a, d: dict, hyp: dict) -> list[dict]:
+    """--grid: every (threads, workers, channels_last) combination, interleaved over --reps rounds."""
+    import statistics
+
+    nc = int(d["nc"])
+    model, step = make_step(a.cfg[0], nc, a.imgsz, hyp)
+    loaders = {w: create_dataloader(d["train"], a.imgsz, a.batch_size, 32, hyp=hyp, augment=True, workers=w,
+                                    shuffle=True)[0] for w in a.workers}
+    combos = [(t, w, cl) for t in a.threads_list for w in a.workers for cl in a.channels_last]
+    ips: dict = {c: [] for c in combos}
+    for _ in range(a.reps):
+        for c in combos:
+            torch.set_num_threads(c[0])
+            ips[c].append(loop_throughput(model, step, loaders[c[1]], a.steps, c[2]))
+            print(f"  threads {c[0]} workers {c[1]} channels_last {int(c[2])}: {ips[c][-1]:.1f} images/s", flush=True)
+    base = statistics.median(ips[combos[0]])
+    rows = []
+    for (t, w, cl), v in ips.items():
+        med = statistics.median(v)
+        rows.append({"threads": t, "workers": w, "channels_last": cl, "ips": med, "ratio": med / base})
+        print(f"threads {t} workers {w} channels_last {int(cl)}: {med:6.1f} images/s (median of {len(v)}), "
+              f"{med / base:.2f}x the first")
+    print(f"{a.cfg[0]} imgsz {a.imgsz} batch {a.batch_size}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f} at the end")
+    return rows
+
+
+def make_step(cfg: str, nc: int, imgsz: int, hyp: dict):
+    """(model, step(imgs uint8, targets)) running train.py's optimisation step."""
     model = Model(cfg, nc=nc, verbose=False)
     h = dict(hyp)
     nl = model.model[-1].nl
@@ -48,13 +108,7 @@ def train_step_throughput(cfg: str, batches: list, nc: int, imgsz: int, hyp: dic
         opt.zero_grad()
         ema.update(model)
 
-    step(*batches[0])
-    n, t0 = 0, time.perf_counter()
-    for i in range(steps):
-        imgs, targets = batches[i % len(batches)]
-        step(imgs, targets)
-        n += imgs.shape[0]
-    return n / (time.perf_counter() - t0)
+    return model, step
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -70,11 +124,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (default: train.py's choice, one core left per dataloader worker)")
     p.add_argument("--out", default="", help="also write the table as markdown to this file")
+    p.add_argument("--grid", action="store_true", help="time the whole loop for threads x workers x channels_last")
+    p.add_argument("--threads-list", type=int, nargs="+", default=[1, 2], help="--grid: torch thread counts")
+    p.add_argument("--channels-last", type=int, nargs="+", default=[0, 1], help="--grid: 0 and/or 1")
+    p.add_argument("--reps", type=int, default=3, help="--grid: interleaved rounds")
     a = p.parse_args(argv)
     cpus = os.cpu_count() or 1
     torch.set_num_threads(a.threads or max(1, cpus - min(cpus, a.batch_size, max(a.workers))))
     d = check_dataset(a.data)
     hyp = load_yaml(check_yaml(a.hyp), "a mapping of hyperparameters")
+    if a.grid:
+        return grid(a, d, hyp)
 
     loader = {w: loader_throughput(d["train"], a.imgsz, a.batch_size, hyp, w, a.batches) for w in a.workers}
     for w, v in loader.items():

@@ -1,8 +1,11 @@
-"""NMS parity with YOLOv5 7.0 on the reference predictions, and behaviour on edge cases."""
+"""NMS parity with YOLOv5 7.0 on the reference predictions, behaviour on edge cases, and exact equality of the
+windowed NMS with the all-candidates implementation it replaced."""
 import pytest
 import torch
+import torchvision
 
-from utils.nms import non_max_suppression
+from utils.boxes import xywh2xyxy
+from utils.nms import MAX_WH, greedy_nms_topk, non_max_suppression
 
 CASES = {
     "conf0.25_iou0.45": dict(conf_thres=0.25, iou_thres=0.45, max_det=1000),
@@ -42,3 +45,152 @@ def test_classes_filter_max_det_and_empty():
     out = non_max_suppression(p, 0.25, 0.45)[0]
     assert torch.allclose(out[0, :4], torch.tensor([8., 8, 12, 12]))
     assert (out[:-1, 4] >= out[1:, 4]).all()
+
+
+# ---- exactness of the windowed NMS against the implementation it replaced ----------------------------------
+
+def _nms_before(prediction, conf_thres=0.25, iou_thres=0.45, classes=None, agnostic=False, multi_label=False,
+                labels=(), max_det=300, nm=0, max_nms=30000, stable=False):
+    """The previous non_max_suppression, kept as the oracle: every candidate goes through one torchvision NMS.
+    stable=False is it verbatim (its argsort orders exact score ties arbitrarily); stable=True only pins that
+    tie order to candidate order, the order the new implementation defines."""
+    if isinstance(prediction, (list, tuple)):
+        prediction = prediction[0]
+    bs = prediction.shape[0]
+    nc = prediction.shape[2] - nm - 5
+    mi = 5 + nc
+    multi_label &= nc > 1
+    device = prediction.device
+    out = [torch.zeros((0, 6 + nm), device=device)] * bs
+    candidates = prediction[..., 4] > conf_thres
+    for xi in range(bs):
+        x = prediction[xi][candidates[xi]]
+        if labels and len(labels[xi]):
+            lb = labels[xi]
+            v = torch.zeros((len(lb), nc + nm + 5), device=device, dtype=x.dtype)
+            v[:, :4] = lb[:, 1:5]
+            v[:, 4] = 1.0
+            v[range(len(lb)), lb[:, 0].long() + 5] = 1.0
+            x = torch.cat((x, v), 0)
+        if not x.shape[0]:
+            continue
+        scores = x[:, 5:mi] * x[:, 4:5]
+        box = xywh2xyxy(x[:, :4])
+        mask = x[:, mi:]
+        if multi_label:
+            i, j = (scores > conf_thres).nonzero(as_tuple=False).T
+            x = torch.cat((box[i], scores[i, j, None], j[:, None].float(), mask[i]), 1)
+        else:
+            conf, j = scores.max(1, keepdim=True)
+            keep = conf.view(-1) > conf_thres
+            x = torch.cat((box, conf, j.float(), mask), 1)[keep]
+        if classes is not None:
+            x = x[(x[:, 5:6] == torch.tensor(classes, device=device)).any(1)]
+        if not x.shape[0]:
+            continue
+        x = x[x[:, 4].argsort(descending=True, stable=stable)[:max_nms]]
+        offsets = x[:, 5:6] * (0 if agnostic else MAX_WH)
+        keep = torchvision.ops.nms(x[:, :4] + offsets, x[:, 4], iou_thres)[:max_det]
+        out[xi] = x[keep]
+    return out
+
+
+def crowded(bs=3, n=3000, nc=4, seed=0, dtype=torch.float32, levels=0, empty=(), nm=0):
+    """Decoded predictions shaped like a detector's at conf 0.001: most anchors jittered around a few objects
+    (heavy overlap, so NMS suppresses a lot), the rest scattered with small objectness. levels > 0 quantises
+    every score to multiples of 1/levels, so exact ties are everywhere."""
+    g = torch.Generator().manual_seed(seed)
+    k = 6
+    centre = torch.rand(bs, k, 2, generator=g, dtype=dtype) * 300
+    size = 15 + torch.rand(bs, k, 2, generator=g, dtype=dtype) * 100
+    src = torch.randint(0, k, (bs, n), generator=g)
+    pick = lambda t: torch.gather(t, 1, src[..., None].expand(-1, -1, 2))  # noqa: E731
+    wh = pick(size) * torch.exp(0.2 * torch.randn(bs, n, 2, generator=g, dtype=dtype))
+    xy = pick(centre) + 0.15 * wh * torch.randn(bs, n, 2, generator=g, dtype=dtype)
+    bg = torch.rand(bs, n, generator=g) < 0.3
+    xy[bg] = torch.rand(int(bg.sum()), 2, generator=g, dtype=dtype) * 320
+    obj = torch.rand(bs, n, generator=g, dtype=dtype) ** torch.where(bg, 6.0, 0.7).to(dtype)
+    cls = torch.rand(bs, n, nc, generator=g, dtype=dtype) ** 3
+    cls.scatter_(2, (src % nc)[..., None], 0.5 + 0.5 * torch.rand(bs, n, 1, generator=g, dtype=dtype))
+    if levels:
+        obj, cls = (obj * levels).ceil() / levels, (cls * levels).ceil() / levels
+    masks = torch.rand(bs, n, nm, generator=g, dtype=dtype)
+    p = torch.cat((xy, wh, obj[..., None], cls, masks), 2)
+    p[list(empty), :, 4] = 0  # images without a single candidate
+    return p
+
+
+def _assert_same(new, old):
+    assert len(new) == len(old)
+    for a, b in zip(new, old):
+        assert a.shape == b.shape
+        assert torch.equal(a, b)  # bitwise: the same rows from the same float ops, in the same order
+
+
+def _no_score_ties(p, nc):
+    s = (p[..., 5:5 + nc] * p[..., 4:5]).flatten()
+    s = s[s > 0]  # an empty image's zeros never become candidates
+    return s.unique().numel() == s.numel()
+
+
+NMS_CASES = [
+    dict(conf_thres=0.001, iou_thres=0.6, multi_label=True, max_det=300),
+    dict(conf_thres=0.001, iou_thres=0.6, multi_label=True, max_det=10),
+    dict(conf_thres=0.001, iou_thres=0.6, multi_label=False, max_det=3),
+    dict(conf_thres=0.001, iou_thres=0.45, multi_label=True, agnostic=True, max_det=50),
+    dict(conf_thres=0.001, iou_thres=0.7, multi_label=True, classes=[1, 3], max_det=20),
+    dict(conf_thres=0.25, iou_thres=0.45, max_det=1000),
+    dict(conf_thres=0.001, iou_thres=0.6, multi_label=True, max_det=100, max_nms=700),
+    dict(conf_thres=0.001, iou_thres=0.6, multi_label=True, max_det=5000),
+]
+
+
+@pytest.mark.parametrize("kw", NMS_CASES, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+def test_windowed_nms_equals_previous_implementation(kw):
+    # float64 scores of this size have no exact ties, so the verbatim old function is a deterministic oracle
+    p = crowded(seed=1, dtype=torch.float64, empty=(1,))
+    assert _no_score_ties(p, 4)
+    _assert_same(non_max_suppression(p, **kw), _nms_before(p, **kw))
+
+
+@pytest.mark.parametrize("kw", NMS_CASES[:5], ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+def test_windowed_nms_with_score_ties(kw):
+    # 20 score levels: thousands of exact ties, also across window boundaries; the oracle breaks them by
+    # candidate order (the only order a windowed search can reproduce)
+    p = crowded(seed=2, levels=20, empty=(0,))
+    assert not _no_score_ties(p, 4)
+    _assert_same(non_max_suppression(p, **kw), _nms_before(p, **kw, stable=True))
+
+
+def test_windowed_nms_masks_labels_and_all_empty():
+    p = crowded(bs=2, seed=3, nm=3)
+    labels = [torch.tensor([[1, 50.0, 60, 30, 40], [0, 200, 100, 60, 20]]), torch.zeros((0, 5))]
+    kw = dict(conf_thres=0.001, iou_thres=0.6, multi_label=True, max_det=40, nm=3)
+    _assert_same(non_max_suppression(p, labels=labels, **kw), _nms_before(p, labels=labels, **kw, stable=True))
+    p[..., 4] = 0
+    out = non_max_suppression(p, **kw)
+    assert [o.shape for o in out] == [(0, 9), (0, 9)]
+
+
+@pytest.mark.parametrize("window", [1, 3, 16])
+def test_greedy_nms_topk_any_window_equals_full_nms(window):
+    # tiny windows force many extensions (each checked only against survivors so far) and boundary ties
+    p = crowded(bs=1, n=1500, seed=4, levels=30)[0]
+    boxes, scores = xywh2xyxy(p[:, :4]), p[:, 4] * p[:, 5]
+    order = scores.sort(descending=True, stable=True)[1]
+    for max_det in (1, 7, 60, 10_000):
+        full = order[torchvision.ops.nms(boxes[order], scores[order], 0.5)[:max_det]]
+        assert torch.equal(greedy_nms_topk(boxes, scores, 0.5, max_det, window=window), full)
+
+
+def test_per_class_split_falls_back_when_the_class_shift_cannot_separate_boxes():
+    # a class-0 box near (7680, 7680) and a class-1 box near (0, 0) overlap once class 1 is shifted by MAX_WH, so
+    # the previous single call suppresses across classes there; splitting per class would not, hence the guard
+    p = crowded(bs=1, n=2000, nc=2, seed=5, dtype=torch.float64)
+    far = torch.tensor([[[7325.0, 7325, 750, 750, 1.0, 0.99, 0.0], [25, 25, 150, 150, 1.0, 0.0, 0.98]]],
+                       dtype=torch.float64)
+    p = torch.cat((far, p), 1)
+    kw = dict(conf_thres=0.001, iou_thres=0.005, multi_label=True, max_det=3000)
+    new, old = non_max_suppression(p, **kw), _nms_before(p, **kw)
+    assert not ((old[0][:, 5] == 1) & (old[0][:, 0] == -50)).any()  # the cross-class suppression happened
+    _assert_same(new, old)

@@ -1,9 +1,10 @@
-"""One inference interface over PyTorch checkpoints, TorchScript files and ONNX files, chosen by suffix.
+"""One inference interface over PyTorch checkpoints (or in-memory nn.Modules), TorchScript files and ONNX files.
 
-detect.py and val.py call ``DetectBackend(weights)(im)`` with a float (bs, 3, h, w) 0-1 RGB tensor and get the
-decoded (bs, N, nc + 5) predictions (x, y, w, h pixels, obj, class scores) whatever the file type. Exported files
-carry their stride and class names (export.py metadata), read here; YOLOv5's own ONNX exports (names stored as a
-Python dict literal) load too.
+detect.py, val.py, the predictor API and the benchmarks call ``DetectBackend(weights)(im)`` with a float
+(bs, 3, h, w) 0-1 RGB tensor and get the decoded (bs, N, nc + 5) predictions (x, y, w, h pixels, obj, class
+scores) whatever the file type, then ``postprocess`` (the one NMS call) and ``label_lines`` (the one label-file
+writer). Exported files carry their stride and class names (export.py metadata), read here; YOLOv5's own ONNX
+exports (names stored as a Python dict literal) load too.
 """
 from __future__ import annotations
 
@@ -98,18 +99,23 @@ def names_from_data(data) -> dict[int, str]:
         return {}
 
 
+def _max_stride(stride) -> int:
+    """A model's largest stride from a tensor, list or int attribute (32 when it has none)."""
+    if isinstance(stride, torch.Tensor):
+        return int(stride.max())
+    if isinstance(stride, (list, tuple)):
+        return int(max(stride)) if stride else 32
+    return int(stride or 32)
+
+
 def decode_raw(outputs: list[torch.Tensor], anchors_px, strides) -> torch.Tensor:
-    """Per-level raw head outputs (bs, na, ny, nx, no) -> decoded (bs, N, no), as Detect does at inference."""
+    """Per-level raw head outputs (bs, na, ny, nx, no) -> decoded (bs, N, no), with Detect's own decoding."""
+    from models.blocks.heads import decode_level, make_grid
     z = []
     for x, a, s in zip(outputs, anchors_px, strides):
-        bs, na, ny, nx, no = x.shape
-        y = x.float().sigmoid()
-        yv, xv = torch.meshgrid(torch.arange(ny, device=x.device), torch.arange(nx, device=x.device), indexing="ij")
-        grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2).float() - 0.5
-        anchor = torch.as_tensor(a, dtype=torch.float32, device=x.device).view(1, na, 1, 1, 2)
-        xy = (y[..., :2] * 2 + grid) * float(s)
-        wh = (y[..., 2:4] * 2) ** 2 * anchor
-        z.append(torch.cat((xy, wh, y[..., 4:]), 4).view(bs, -1, no))
+        anchors = torch.as_tensor(a, dtype=torch.float32, device=x.device).view(-1, 2)
+        grid, anchor_grid = make_grid(x.shape[3], x.shape[2], anchors)
+        z.append(decode_level(x.float(), grid, anchor_grid, float(s)))
     return torch.cat(z, 1)
 
 
@@ -145,14 +151,15 @@ class DetectBackend(nn.Module):
     def __init__(self, weights, device: torch.device | str = torch.device("cpu"), fp16: bool = False, fuse: bool = True,
                  data=None, threads: int | None = None, channels_last: bool | None = None, trusted: bool = False):
         super().__init__()
-        w = str(weights[0] if isinstance(weights, (list, tuple)) else weights)
+        module = weights if isinstance(weights, nn.Module) else None  # hub models built from a yaml, user models
+        w = "model" if module is not None else str(weights[0] if isinstance(weights, (list, tuple)) else weights)
         path = Path(w)
         device = torch.device(device) if not isinstance(device, torch.device) else device
-        kind = SUFFIXES.get(path.suffix.lower())
+        kind = "pt" if module is not None else SUFFIXES.get(path.suffix.lower())
         if kind is None:
             raise BackendError(f"'{w}': unsupported weights suffix '{path.suffix}'; use one of "
                                f"{', '.join(sorted(SUFFIXES))}")
-        if not path.is_file():
+        if module is None and not path.is_file():
             raise FileNotFoundError(f"weights file '{w}' not found")
         self.weights, self.device = path, device
         self.pt, self.jit, self.onnx = kind == "pt", kind == "jit", kind == "onnx"
@@ -170,18 +177,24 @@ class DetectBackend(nn.Module):
         meta: dict = {}
 
         if self.pt:
-            from models.experimental import attempt_load
-            model = attempt_load(w, device=device, inplace=True, fuse=fuse)
+            if module is None:
+                from models.experimental import attempt_load
+                model = attempt_load(w, device=device, inplace=True, fuse=fuse)
+            else:
+                model = module.to(device).eval().float()
             model = model.half() if self.fp16 else model
-            # channels_last lets oneDNN pick its blocked depthwise/pointwise kernels on CPU (see README speed table)
-            self.channels_last = device.type == "cpu" if channels_last is None else bool(channels_last)
+            # channels_last lets oneDNN pick its blocked depthwise/pointwise kernels on CPU (see README speed table);
+            # a caller's own module keeps its memory format unless asked
+            default_cl = device.type == "cpu" and module is None
+            self.channels_last = default_cl if channels_last is None else bool(channels_last)
             if self.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             self.model = model
-            self.stride = int(max(model.stride))
+            self.stride = _max_stride(getattr(model, "stride", None))
             names = parse_names(getattr(model, "names", None))
             self.yaml = dict(getattr(model, "yaml", {}) or {})
-            nc = int(model.model[-1].nc)
+            head = model.model[-1] if isinstance(getattr(model, "model", None), nn.Sequential) else None
+            nc = int(head.nc) if hasattr(head, "nc") else (len(names) or None)
         elif self.jit:
             if not trusted:  # torch.jit.load runs the code the file carries, as pickle does
                 raise BackendError(f"'{w}': TorchScript runs the code it carries; refused unless you trust the "
@@ -228,8 +241,8 @@ class DetectBackend(nn.Module):
             self.strides = _json(meta.get("strides"))
             if self.format == "raw" and (self.anchors_px is None or self.strides is None):
                 raise BackendError(f"'{w}': raw-output file without 'anchors'/'strides' metadata cannot be decoded")
-        if not names:
-            names = names_from_data(data)
+        if not names or all(v == f"class{k}" for k, v in names.items()):  # none, or only placeholders
+            names = names_from_data(data) or names
         if nc is None:
             nc = len(names) if names else None
         if nc is not None and len(names) != nc:
@@ -256,7 +269,7 @@ class DetectBackend(nn.Module):
             im = im.to(next(self.model.parameters()).dtype)  # follows .half()/.float() called on the backend too
             if self.channels_last:
                 im = im.contiguous(memory_format=torch.channels_last)
-            y = self.model(im, augment=augment)
+            y = self.model(im, augment=True) if augment else self.model(im)  # user modules may lack augment
             return y[0] if isinstance(y, (list, tuple)) else y
         if augment:
             LOGGER.warning("WARNING ⚠️ --augment needs PyTorch weights; running the exported graph as is") \
@@ -298,3 +311,33 @@ class DetectBackend(nn.Module):
     def extra_repr(self) -> str:
         kind = "pt" if self.pt else "jit" if self.jit else "onnx"
         return f"weights={self.weights.name}, backend={kind}, format={self.format}, stride={self.stride}, nc={self.nc}"
+
+
+# ----------------------------------------------------------------------- the steps every entry point shares
+def filter_detections(det: torch.Tensor, conf_thres: float, classes=None, max_det: int = 300) -> torch.Tensor:
+    """Thresholds an NMS-ending graph could not know about: conf, classes, max_det."""
+    det = det[det[:, 4] > conf_thres]
+    if classes is not None:
+        det = det[(det[:, 5:6] == torch.tensor(classes, device=det.device)).any(1)]
+    return det[:max_det]
+
+
+def postprocess(preds, conf_thres: float, iou_thres: float, classes=None, agnostic: bool = False,
+                multi_label: bool = False, max_det: int = 300, end2end: bool = False) -> list[torch.Tensor]:
+    """A backend's output -> per-image (k, 6) x1, y1, x2, y2, conf, cls in input pixels: non_max_suppression on
+    decoded predictions, or only the thresholds for the per-image rows of an NMS-ending (end2end) graph.
+    detect.py, val.py, the predictor API and the benchmarks all call this (tests patch it to prove so)."""
+    if end2end:
+        return [filter_detections(d, conf_thres, classes, max_det) for d in preds]
+    from utils.nms import non_max_suppression
+    pred = preds[0] if isinstance(preds, (list, tuple)) else preds
+    return non_max_suppression(pred.float(), conf_thres, iou_thres, classes, agnostic, multi_label, max_det=max_det)
+
+
+def label_lines(cls, xywhn, conf=None) -> list[str]:
+    """Label-file rows `cls x y w h [conf]`, normalised to the original image, YOLOv5's %g formatting."""
+    rows = np.concatenate((np.asarray(cls, np.float64).reshape(-1, 1),
+                           np.asarray(xywhn, np.float64).reshape(-1, 4)), 1)
+    if conf is not None:
+        rows = np.concatenate((rows, np.asarray(conf, np.float64).reshape(-1, 1)), 1)
+    return [" ".join(f"{v:g}" for v in r) + "\n" for r in rows.tolist()]

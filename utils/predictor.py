@@ -18,15 +18,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn as nn
 from PIL import Image, ImageOps
 
 from utils.augmentations import letterbox
-from utils.backends import DetectBackend, names_from_data
+from utils import backends
+from utils.backends import DetectBackend
 from utils.boxes import clip_boxes, scale_boxes, xywh2xyxy, xyxy2xywh, xyxy2xywhn
 from utils.dataloaders import imread
 from utils.general import LOGGER, check_img_size, increment_path
-from utils.nms import non_max_suppression
 from utils.plots import Annotator, colors
 from utils.torch_utils import select_device, time_sync
 
@@ -71,11 +70,8 @@ class Detections:
                        for c, n in zip(ids.tolist(), counts.tolist()))
 
     def label_lines(self, save_conf: bool = False) -> list[str]:
-        """Label-file rows `cls x y w h [conf]`, normalised, YOLOv5's %g formatting."""
-        rows = np.concatenate((self.cls[:, None].astype(np.float64), self.xywhn.astype(np.float64)), 1)
-        if save_conf:
-            rows = np.concatenate((rows, self.conf[:, None].astype(np.float64)), 1)
-        return [" ".join(f"{v:g}" for v in r) + "\n" for r in rows.tolist()]
+        """Label-file rows `cls x y w h [conf]`, normalised, YOLOv5's %g formatting (backends.label_lines)."""
+        return backends.label_lines(self.cls, self.xywhn, self.conf if save_conf else None)
 
     def render(self, line_width: int | None = None, hide_labels: bool = False, hide_conf: bool = False,
                im: np.ndarray | None = None) -> np.ndarray:
@@ -122,43 +118,14 @@ def save_crop(xyxy, im: np.ndarray, file: str | Path, **kw) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------- backends
-class TorchModelBackend:
-    """DetectBackend's interface over an in-memory nn.Module (hub models built from a yaml, user models)."""
-
-    def __init__(self, model: nn.Module, device: torch.device = torch.device("cpu"), fp16: bool = False):
-        self.model = model.to(device).eval()
-        self.model = self.model.half() if fp16 else self.model.float()
-        self.device, self.fp16 = device, fp16
-        stride = getattr(model, "stride", None)
-        self.stride = max(int(stride.max()) if isinstance(stride, torch.Tensor) else int(stride or 32), 32)
-        names = getattr(model, "names", None) or {}
-        self.names = dict(enumerate(names)) if isinstance(names, (list, tuple)) else dict(names)
-        self.pt, self.jit, self.onnx, self.fixed_imgsz = True, False, False, None
-
-    def forward(self, im: torch.Tensor, augment: bool = False) -> torch.Tensor:
-        y = self.model(im, augment=augment) if augment else self.model(im)
-        return y[0] if isinstance(y, (list, tuple)) else y
-
-    __call__ = forward
-
-    def warmup(self, imgsz=(1, 3, 640, 640)) -> None:
-        if self.device.type != "cpu":
-            self.forward(torch.zeros(*imgsz, device=self.device, dtype=torch.half if self.fp16 else torch.float))
+TorchModelBackend = DetectBackend  # the old name for wrapping an nn.Module; DetectBackend(module) does it now
 
 
 def load_backend(weights, device: torch.device = torch.device("cpu"), fp16: bool = False, fuse: bool = True,
                  data=None, trusted: bool = False):
-    """The project's one backend abstraction, shared with val.py (DetectBackend: .pt, .torchscript, .onnx by
-    suffix); an in-memory nn.Module is wrapped as is. --data supplies names a file lacks. trusted=True is the
-    opt-in for TorchScript files, which run the code they carry."""
-    if isinstance(weights, nn.Module):
-        backend = TorchModelBackend(weights, device, fp16)
-    else:
-        backend = DetectBackend(weights, device=device, fp16=fp16, fuse=fuse, data=data, trusted=trusted)
-    names = names_from_data(data)
-    if names and (not backend.names or all(v == f"class{k}" for k, v in backend.names.items())):
-        backend.names = names  # the file carried only placeholder names
-    return backend
+    """DetectBackend for a .pt/.torchscript/.onnx file (by suffix) or an in-memory nn.Module; --data supplies
+    names a file lacks. trusted=True is the opt-in for TorchScript files, which run the code they carry."""
+    return DetectBackend(weights, device=device, fp16=fp16, fuse=fuse, data=data, trusted=trusted)
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
@@ -274,13 +241,6 @@ class Predictor:
             chunks[-1] = torch.cat((chunks[-1], pad), 0)
         return chunks
 
-    def _filter(self, det: torch.Tensor) -> torch.Tensor:
-        """Thresholds an NMS-ending graph could not know about: conf, --classes, --max-det."""
-        det = det[det[:, 4] > self.conf_thres]
-        if self.classes is not None:
-            det = det[(det[:, 5:6] == torch.tensor(self.classes, device=det.device)).any(1)]
-        return det[: self.max_det]
-
     def _can_augment(self) -> bool:
         try:
             params = inspect.signature(self.backend.forward).parameters
@@ -317,12 +277,13 @@ class Predictor:
             preds = [self.backend.forward(c, augment=True) if aug else self.backend.forward(c)
                      for c in self._batches(x)]
         t2 = time_sync()
-        if getattr(self.backend, "end2end", False):  # the graph ran NMS: per-image (k, 6) rows already
-            out = [self._filter(d) for p in preds for d in p][: len(ims)]
+        end2end = bool(getattr(self.backend, "end2end", False))  # the graph ran NMS: per-image (k, 6) rows
+        if end2end:
+            pred = [d for p in preds for d in p][: len(ims)]
         else:
             pred = torch.cat([p[0] if isinstance(p, (list, tuple)) else p for p in preds], 0)[: len(ims)]
-            out = non_max_suppression(pred.float(), self.conf_thres, self.iou_thres, self.classes, self.agnostic,
-                                      max_det=self.max_det)
+        out = backends.postprocess(pred, self.conf_thres, self.iou_thres, self.classes, self.agnostic,
+                                   max_det=self.max_det, end2end=end2end)
         dets = []
         for i, (det, im) in enumerate(zip(out, ims)):
             det = det.detach().cpu()
@@ -356,9 +317,6 @@ def load(weights, device: str | torch.device = "", imgsz=640, conf_thres: float 
     """A callable predictor for a checkpoint (ours or YOLOv5's), an exported .onnx / .torchscript, or an nn.Module.
     A .torchscript file runs the code it carries: it is refused unless trusted=True."""
     device = select_device(device)
-    if half and device.type == "cpu":
-        LOGGER.warning("WARNING ⚠️ --half needs a CUDA device; running in float32 on CPU")
-        half = False
     backend = load_backend(weights, device=device, fp16=half, fuse=fuse, data=data, trusted=trusted)
     pred = Predictor(backend, imgsz, conf_thres, iou_thres, classes, agnostic, max_det, augment)
     if device.type != "cpu" and hasattr(backend, "warmup"):

@@ -26,6 +26,28 @@ def segment_args(row: Row):
     return args, c2, n
 
 
+def make_grid(nx: int, ny: int, anchors_px: torch.Tensor):
+    """(grid, anchor_grid) of one level, each (1, na, ny, nx, 2): cell offsets minus 0.5 (so that
+    xy = 2 * sigmoid - 0.5 + cell) and the level's anchors in pixels."""
+    d, t = anchors_px.device, anchors_px.dtype
+    na = anchors_px.shape[0]
+    shape = 1, na, ny, nx, 2
+    yv, xv = torch.meshgrid(torch.arange(ny, device=d, dtype=t), torch.arange(nx, device=d, dtype=t), indexing="ij")
+    grid = torch.stack((xv, yv), 2).expand(shape) - 0.5
+    return grid, anchors_px.view((1, na, 1, 1, 2)).expand(shape)
+
+
+def decode_level(xi: torch.Tensor, grid: torch.Tensor, anchor_grid: torch.Tensor, stride) -> torch.Tensor:
+    """YOLOv5's box decoding of one raw level (bs, na, ny, nx, no) -> (bs, na*ny*nx, no), xywh in input pixels;
+    Detect at inference and the ONNX raw-output backend both use it."""
+    bs, na, ny, nx, no = xi.shape
+    y = xi.sigmoid()
+    xy, wh, rest = y.split((2, 2, no - 4), 4)
+    xy = (xy * 2 + grid) * stride
+    wh = (wh * 2) ** 2 * anchor_grid
+    return torch.cat((xy, wh, rest), 4).view(bs, na * nx * ny, no)
+
+
 @register
 class Detect(nn.Module):
     """Anchor-based detection head: one 1x1 conv per level predicting na * (nc + 5) values per cell."""
@@ -61,22 +83,12 @@ class Detect(nn.Module):
 
     def decode(self, i: int, xi: torch.Tensor) -> torch.Tensor:
         """Raw level output (bs, na, ny, nx, no) -> (bs, na*ny*nx, no) with xywh in input pixels."""
-        bs, _, ny, nx, _ = xi.shape
         if self.grid[i].shape[2:4] != xi.shape[2:4] or self.grid[i].device != xi.device or torch.onnx.is_in_onnx_export():
-            self.grid[i], self.anchor_grid[i] = self._make_grid(nx, ny, i)
-        y = xi.sigmoid()
-        xy, wh, rest = y.split((2, 2, self.no - 4), 4)
-        xy = (xy * 2 + self.grid[i]) * self.stride[i]
-        wh = (wh * 2) ** 2 * self.anchor_grid[i]
-        return torch.cat((xy, wh, rest), 4).view(bs, self.na * nx * ny, self.no)
+            self.grid[i], self.anchor_grid[i] = self._make_grid(xi.shape[3], xi.shape[2], i)
+        return decode_level(xi, self.grid[i], self.anchor_grid[i], self.stride[i])
 
     def _make_grid(self, nx: int, ny: int, i: int):
-        d, t = self.anchors[i].device, self.anchors[i].dtype
-        shape = 1, self.na, ny, nx, 2
-        yv, xv = torch.meshgrid(torch.arange(ny, device=d, dtype=t), torch.arange(nx, device=d, dtype=t), indexing="ij")
-        grid = torch.stack((xv, yv), 2).expand(shape) - 0.5  # the -0.5 makes xy = 2*sigmoid - 0.5 + cell
-        anchor_grid = (self.anchors[i] * self.stride[i]).view((1, self.na, 1, 1, 2)).expand(shape)
-        return grid, anchor_grid
+        return make_grid(nx, ny, self.anchors[i] * self.stride[i])
 
     def initialize_biases(self, cf=None) -> None:
         """Objectness prior of ~8 objects per 640x640 image; class prior 0.6/nc (Lin et al., 2017 focal loss init)."""
