@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
 from utils.backends import DetectBackend  # noqa: E402
-from utils.boxes import scale_boxes, xywh2xyxy, xyxy2xywh  # noqa: E402
+from utils.boxes import xywh2xyxy, xyxy2xywh  # noqa: E402
 from utils.general import LOGGER, TQDM_BAR_FORMAT, check_img_size, colorstr, first_line, increment_path  # noqa: E402
 from utils.metrics import COCO_MAX_DETS, ConfusionMatrix, DetectionMetrics, xyxy2coco  # noqa: E402
 from utils import backends  # noqa: E402
@@ -160,12 +160,8 @@ def run(data, weights=None, batch_size: int = 32, imgsz: int = 640, conf_thres: 
         stride = max_stride(model)
         imgsz = check_img_size(imgsz, stride)
         half = bool(model.fp16) and pt  # exported graphs convert their own input
-        if not pt:  # exported graphs: square inputs, and the batch and size they were exported for if fixed
-            fixed = getattr(model, "fixed_imgsz", None)
-            if fixed is not None and tuple(fixed) != (imgsz, imgsz):
-                raise ValueError(f"{weights}: exported for {fixed[0]}x{fixed[1]} inputs; validate with --imgsz "
-                                 f"{fixed[0]}" + ("" if fixed[0] == fixed[1] else " after a square re-export"))
-            batch_size = getattr(model, "fixed_batch", None) or (batch_size if fixed is None else 1)
+        if not pt:  # exported graphs: square inputs; the backend decides what a fixed-shape export takes
+            batch_size, _ = model.input_shape((imgsz, imgsz), batch_size, square=True)
             LOGGER.info(f"Square inference ({batch_size},3,{imgsz},{imgsz}) for non-PyTorch models")
             if getattr(model, "end2end", False):
                 LOGGER.warning(f"WARNING ⚠️ {weights} has NMS in its graph: its baked-in thresholds, not "
@@ -220,10 +216,8 @@ def run(data, weights=None, batch_size: int = 32, imgsz: int = 640, conf_thres: 
     for batch_i, (im, targets, paths, shapes) in enumerate(pbar):
         _callback(callbacks, "on_val_batch_start")
         t1 = time_sync()
-        im = im.to(device, non_blocking=True)
+        im = backends.to_input(im, device, half)
         targets = targets.to(device)
-        im = im.half() if half else im.float()
-        im /= 255
         nb, _, height, width = im.shape
         t2 = time_sync()
         dt[0] += t2 - t1
@@ -256,9 +250,9 @@ def run(data, weights=None, batch_size: int = 32, imgsz: int = 640, conf_thres: 
             if single_cls:
                 pred[:, 5] = 0
             predn = pred.detach().clone().double().cpu()
-            scale_boxes(im[si].shape[1:], predn[:, :4], (h0, w0), shapes[si][1])
+            backends.rescale_boxes(predn[:, :4], im[si].shape[1:], (h0, w0), shapes[si][1])
             tbox = xywh2xyxy(labels[:, 1:5]).double().cpu()
-            scale_boxes(im[si].shape[1:], tbox, (h0, w0), shapes[si][1])
+            backends.rescale_boxes(tbox, im[si].shape[1:], (h0, w0), shapes[si][1])
             pn, tb, lc = predn.numpy(), tbox.numpy(), labels[:, :1].double().cpu().numpy()
             pc = xyxy2coco(pn[:, :4])
             coco_preds.append(np.concatenate((pc, pn[:, 4:6]), 1))

@@ -1,10 +1,14 @@
-"""One inference interface over PyTorch checkpoints (or in-memory nn.Modules), TorchScript files and ONNX files.
+"""One inference path: one backend class per weights format behind one interface, and the steps every entry
+point shares.
 
-detect.py, val.py, the predictor API and the benchmarks call ``DetectBackend(weights)(im)`` with a float
-(bs, 3, h, w) 0-1 RGB tensor and get the decoded (bs, N, nc + 5) predictions (x, y, w, h pixels, obj, class
-scores) whatever the file type, then ``postprocess`` (the one NMS call) and ``label_lines`` (the one label-file
-writer). Exported files carry their stride and class names (export.py metadata), read here; YOLOv5's own ONNX
-exports (names stored as a Python dict literal) load too.
+detect.py, val.py, the predictor API, hubconf and the benchmarks call ``DetectBackend(weights)`` (= ``Backend``):
+a factory returning the class registered for the file's suffix or export folder (PyTorchBackend for .pt/.pth and
+in-memory nn.Modules, TorchScriptBackend, OnnxBackend; runtimes add theirs with ``register_backend``). Calling it
+with a float (bs, 3, h, w) 0-1 RGB tensor gives decoded (bs, N, nc + 5) predictions (x, y, w, h pixels, obj,
+class scores) whatever the format; then ``postprocess`` (the one NMS call), ``rescale_boxes`` (back to original
+pixels) and ``label_lines`` (the one label-file writer); ``to_input`` is the one uint8 -> float conversion and
+``Backend.input_shape`` the one fixed-input-shape decision. Exported files carry their stride and class names
+(export.py metadata), read here; YOLOv5's own ONNX exports (names stored as a Python dict literal) load too.
 """
 from __future__ import annotations
 
@@ -18,9 +22,6 @@ import torch
 import torch.nn as nn
 
 from utils.general import LOGGER, first_line
-
-SUFFIXES = {".pt": "pt", ".pth": "pt", ".torchscript": "jit", ".onnx": "onnx"}
-
 
 class BackendError(ValueError):
     """A weights file the backend cannot use; the message names the file and the reason."""
@@ -145,102 +146,137 @@ def onnx_session(w: str | Path, device: torch.device | str = "cpu", threads: int
         raise BackendError(f"'{w}' cannot be loaded by onnxruntime: {first_line(e)}") from None
 
 
-class DetectBackend(nn.Module):
-    """Run .pt/.pth (PyTorch), .torchscript or .onnx (ONNX Runtime) weights behind one forward()."""
+# ----------------------------------------------------------------------- the backend registry
+# key -> class (or "module:Class", imported on first use so optional runtimes cost nothing until asked for):
+# ".ext" for files with that suffix, "name_end/" for export folders whose name ends so (YOLOv5's
+# best_openvino_model/, best_ncnn_model/). Keys are registered by code, never chosen by a weights file.
+_REGISTRY: dict[str, type | str] = {}
+YOLOV5_FLAGS = ("pt", "jit", "onnx", "xml", "engine", "coreml", "saved_model", "pb", "tflite", "edgetpu", "tfjs",
+                "paddle", "triton", "ncnn", "mnn")  # backend.<flag> is True for the backend whose kind it is
+
+
+def _key(key: str) -> str:
+    key = str(key).lower()
+    if not (key.startswith(".") or key.endswith("/")) or key in (".", "/"):
+        raise ValueError(f"backend key '{key}' must be a file suffix ('.mnn') or a folder ending ('_ncnn_model/')")
+    return key
+
+
+def register_backend(key: str, cls) -> None:
+    """Make DetectBackend (so detect.py, val.py, the predictor, hubconf and the benchmarks) open weights matching
+    key with cls, a Backend subclass or its "module:Class" import path: key '.mnn' for files, '_ncnn_model/' for
+    folders whose name ends with '_ncnn_model'. Replaces an earlier registration of the same key."""
+    _REGISTRY[_key(key)] = cls
+
+
+def unregister_backend(key: str) -> None:
+    """Forget a registration (tests register made-up formats and remove them again)."""
+    _REGISTRY.pop(_key(key), None)
+
+
+def registered_formats() -> list[str]:
+    """The keys DetectBackend accepts: file suffixes, then folder endings."""
+    return sorted(k for k in _REGISTRY if not k.endswith("/")) + sorted(k for k in _REGISTRY if k.endswith("/"))
+
+
+def _resolve(cls) -> type:
+    if isinstance(cls, str):
+        import importlib
+        module, _, name = cls.partition(":")
+        cls = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise TypeError(f"registered backend {cls!r} is not a utils.backends.Backend subclass")
+    return cls
+
+
+def backend_class(weights) -> type:
+    """The Backend subclass for weights (a path, a [path] list or an nn.Module); the one-line errors for a missing
+    file, a directory that is no registered export folder and an unknown suffix are raised here."""
+    if isinstance(weights, nn.Module):
+        return PyTorchBackend
+    w = str(weights[0] if isinstance(weights, (list, tuple)) and weights else weights)
+    path = Path(w)
+    folder = next((k for k in _REGISTRY if k.endswith("/") and path.name.lower().endswith(k[:-1])), None)
+    if path.is_dir():
+        if folder is None:
+            raise BackendError(f"weights '{w}' is a directory, not a file" + (
+                f" (export folders read: {', '.join('*' + k for k in registered_formats() if k.endswith('/'))})"
+                if any(k.endswith("/") for k in _REGISTRY) else ""))
+        return _resolve(_REGISTRY[folder])
+    key = path.suffix.lower()
+    if key not in _REGISTRY and not (folder and not path.exists()):
+        raise BackendError(f"'{w}': unsupported weights suffix '{path.suffix}'; use one of "
+                           f"{', '.join(k if k.startswith('.') else '*' + k for k in registered_formats())}")
+    if not path.exists():
+        raise FileNotFoundError(f"weights file '{w}' not found")
+    return _resolve(_REGISTRY[key])
+
+
+# ----------------------------------------------------------------------- the backends
+class Backend(nn.Module):
+    """One inference interface: Backend(weights) (alias DetectBackend) returns the registered subclass for the
+    file, whose forward maps a float (bs, 3, h, w) 0-1 RGB tensor to decoded (bs, N, nc + 5) predictions, or to
+    per-image (k, 6) rows for graphs that end in NMS (end2end).
+
+    A subclass sets `kind` (its YOLOv5 flag name, e.g. 'onnx'), implements load() (open the file, set
+    fixed_imgsz/fixed_batch/fp16 when the file fixes them, return its metadata) and infer() (raw graph outputs);
+    shape checks, fixed-batch splitting, NMS-row splitting, raw-head decoding, names and warmup are shared."""
+
+    kind = ""
+    warmup_runs = 1  # forwards warmup() runs; TorchScript optimises on its second
+
+    def __new__(cls, weights=None, *args, **kwargs):
+        if cls is Backend and weights is not None:  # the factory: DetectBackend(w) -> the class registered for w
+            cls = backend_class(weights)
+        return super().__new__(cls)
 
     def __init__(self, weights, device: torch.device | str = torch.device("cpu"), fp16: bool = False, fuse: bool = True,
                  data=None, threads: int | None = None, channels_last: bool | None = None, trusted: bool = False):
         super().__init__()
-        module = weights if isinstance(weights, nn.Module) else None  # hub models built from a yaml, user models
+        module = weights if isinstance(weights, nn.Module) else None
         w = "model" if module is not None else str(weights[0] if isinstance(weights, (list, tuple)) else weights)
-        path = Path(w)
-        device = torch.device(device) if not isinstance(device, torch.device) else device
-        kind = "pt" if module is not None else SUFFIXES.get(path.suffix.lower())
-        if kind is None:
-            raise BackendError(f"'{w}': unsupported weights suffix '{path.suffix}'; use one of "
-                               f"{', '.join(sorted(SUFFIXES))}")
-        if module is None and not path.is_file():
-            raise FileNotFoundError(f"weights file '{w}' not found")
-        self.weights, self.device = path, device
-        self.pt, self.jit, self.onnx = kind == "pt", kind == "jit", kind == "onnx"
-        self.engine = self.triton = False  # YOLOv5 attribute names some scripts read
-        self.fp16 = bool(fp16) and device.type != "cpu"
+        self.weights = Path(w)
+        self.device = device = torch.device(device) if not isinstance(device, torch.device) else device
+        for flag in YOLOV5_FLAGS:  # the attribute names YOLOv5 scripts test
+            setattr(self, flag, flag == self.kind)
+        self.fp16 = bool(fp16) and device.type != "cpu"  # the one fp16-on-CPU check
         if fp16 and device.type == "cpu":
             LOGGER.warning("WARNING ⚠️ --half needs CUDA; running float32 on CPU")
-        self.end2end = False  # True for --nms graphs: forward returns per-image detections
-        self.format = "decoded"
-        self.fixed_imgsz = None
-        self.fixed_batch = None
-        self.yaml: dict = {}
+        self.format, self.end2end = "decoded", False  # end2end: --nms graphs, forward returns per-image rows
+        self.fixed_imgsz: tuple[int, int] | None = None
+        self.fixed_batch: int | None = None
         self.anchors_px = self.strides = None
         self.channels_last = False
-        meta: dict = {}
+        self._warned_augment = False
+        meta = self.load(module if module is not None else w, fuse=fuse, threads=threads,
+                         channels_last=channels_last, trusted=trusted)
+        self._read_metadata(meta or {}, data)
 
-        if self.pt:
-            if module is None:
-                from models.experimental import attempt_load
-                model = attempt_load(w, device=device, inplace=True, fuse=fuse)
-            else:
-                model = module.to(device).eval().float()
-            model = model.half() if self.fp16 else model
-            # channels_last lets oneDNN pick its blocked depthwise/pointwise kernels on CPU (see README speed table);
-            # a caller's own module keeps its memory format unless asked
-            default_cl = device.type == "cpu" and module is None
-            self.channels_last = default_cl if channels_last is None else bool(channels_last)
-            if self.channels_last:
-                model = model.to(memory_format=torch.channels_last)
-            self.model = model
-            self.stride = _max_stride(getattr(model, "stride", None))
-            names = parse_names(getattr(model, "names", None))
-            self.yaml = dict(getattr(model, "yaml", {}) or {})
-            head = model.model[-1] if isinstance(getattr(model, "model", None), nn.Sequential) else None
-            nc = int(head.nc) if hasattr(head, "nc") else (len(names) or None)
-        elif self.jit:
-            if not trusted:  # torch.jit.load runs the code the file carries, as pickle does
-                raise BackendError(f"'{w}': TorchScript runs the code it carries; refused unless you trust the "
-                                   "file and pass --trust-weights (trusted=True)")
-            extra = {"config.txt": ""}
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
-                    model = torch.jit.load(w, _extra_files=extra, map_location=device)
-            except RuntimeError as e:
-                raise BackendError(f"'{w}' is not a readable TorchScript file: {first_line(e)}") from None
-            cfg = extra["config.txt"]
-            meta = _json(cfg.decode(errors="ignore") if isinstance(cfg, bytes) else cfg, {}) or {}
-            self.half_file = bool(meta.get("half", False))
-            model = model.half() if (self.fp16 or self.half_file) else model.float()
-            self.fp16 = self.fp16 or self.half_file
-            self.model = model.eval()
-            shape = meta.get("shape")
-            if shape and not meta.get("dynamic", False):
-                self.fixed_batch, self.fixed_imgsz = int(shape[0]), (int(shape[2]), int(shape[3]))
-        else:
-            self.session = onnx_session(w, device, threads)
-            meta = dict(self.session.get_modelmeta().custom_metadata_map)
-            inp = self.session.get_inputs()[0]
-            self.input_name = inp.name
-            self.output_names = [o.name for o in self.session.get_outputs()]
-            self.fp16 = inp.type == "tensor(float16)"
-            b, _, h, wd = (list(inp.shape) + [None] * 4)[:4]
-            if isinstance(h, int) and isinstance(wd, int):
-                self.fixed_imgsz = (h, wd)
-            if isinstance(b, int):
-                self.fixed_batch = b
+    # ------------------------------------------------------------------- what a format implements
+    def load(self, w, **opts) -> dict:
+        """Open w (a path string; PyTorchBackend also takes an nn.Module); return its metadata: any of stride,
+        names, nc, yaml, format ('decoded' | 'nms' | 'raw'), anchors and strides (needed for 'raw')."""
+        raise NotImplementedError
 
-        if not self.pt:
-            self.format = str(meta.get("format", "decoded")).strip('"')
-            self.end2end = self.format == "nms"
-            self.stride = parse_stride(meta.get("stride"))
-            names = parse_names(meta.get("names"))
-            y = meta.get("yaml")
-            self.yaml = _json(y, {}) if isinstance(y, str) else (y or {})
-            nc = meta.get("nc")
-            nc = int(nc) if nc not in (None, "") else (len(names) or self.yaml.get("nc"))
-            self.anchors_px = _json(meta.get("anchors"))
-            self.strides = _json(meta.get("strides"))
-            if self.format == "raw" and (self.anchors_px is None or self.strides is None):
-                raise BackendError(f"'{w}': raw-output file without 'anchors'/'strides' metadata cannot be decoded")
+    def infer(self, im: torch.Tensor) -> list:
+        """Graph outputs (tensors or numpy arrays, the first the predictions) for an input of the exported shape,
+        already float16 when self.fp16 else float32."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------- shared
+    def _read_metadata(self, meta: dict, data) -> None:
+        w = self.weights
+        self.format = str(meta.get("format") or "decoded").strip('"')
+        self.end2end = self.format == "nms"
+        self.stride = parse_stride(meta.get("stride"))
+        names = parse_names(meta.get("names"))
+        y = meta.get("yaml")
+        self.yaml = dict(_json(y, {}) if isinstance(y, str) else (y or {}))
+        nc = meta.get("nc")
+        nc = int(nc) if nc not in (None, "") else (len(names) or self.yaml.get("nc"))
+        self.anchors_px, self.strides = _json(meta.get("anchors")), _json(meta.get("strides"))
+        if self.format == "raw" and (self.anchors_px is None or self.strides is None):
+            raise BackendError(f"'{w}': raw-output file without 'anchors'/'strides' metadata cannot be decoded")
         if not names or all(v == f"class{k}" for k, v in names.items()):  # none, or only placeholders
             names = names_from_data(data) or names
         if nc is None:
@@ -249,44 +285,60 @@ class DetectBackend(nn.Module):
             names = {i: names.get(i, f"class{i}") for i in range(int(nc))}
         self.names = names
         self.nc = int(nc) if nc is not None else len(names)
-        if self.yaml is not None and "nc" not in self.yaml and self.nc:
+        if "nc" not in self.yaml and self.nc:
             self.yaml["nc"] = self.nc
 
+    def input_shape(self, imgsz, batch: int | None = None, adapt: bool = False,
+                    square: bool = False) -> tuple[int | None, tuple[int, int]]:
+        """The one fixed-input-shape decision: the (batch, (h, w)) to run a requested size at. A graph exported
+        for one size runs only at it: with adapt (the predictor) that size is used with a warning, else (val.py,
+        forward) a one-line BackendError names the flag that fixes it; square: the caller (val.py) runs square
+        inputs only. A fixed batch is always used as is (forward splits and pads batches to it)."""
+        hw = (int(imgsz), int(imgsz)) if isinstance(imgsz, int) else tuple(int(x) for x in imgsz)
+        batch = self.fixed_batch or batch
+        fixed = self.fixed_imgsz
+        if fixed is None or tuple(fixed) == hw:
+            return batch, hw
+        h, w = fixed
+        if adapt:
+            LOGGER.warning(f"WARNING ⚠️ the model takes a fixed input of {tuple(fixed)}, not {hw}: using it")
+            return batch, (h, w)
+        fix = (f"pass --imgsz {h}" if h == w else "re-export with a square --imgsz") if square else \
+            f"pass --imgsz {h} {w}"
+        raise BackendError(f"'{self.weights.name}' was exported for {h}x{w} (h x w) inputs but got {hw[0]}x{hw[1]}: "
+                           f"{fix} or re-export with --dynamic")
+
     def _check_shape(self, im: torch.Tensor) -> None:
-        if self.fixed_imgsz is not None and tuple(im.shape[2:]) != tuple(self.fixed_imgsz):
-            h, w = self.fixed_imgsz
-            raise BackendError(f"'{self.weights.name}' was exported for {h}x{w} (h x w) inputs but got "
-                               f"{im.shape[2]}x{im.shape[3]}: pass --imgsz {h} {w} or re-export with --dynamic "
-                               f"(or --imgsz {im.shape[2]} {im.shape[3]})")
-        if self.fixed_batch is not None and im.shape[0] != self.fixed_batch:
-            raise BackendError(f"'{self.weights.name}' was exported for batch {self.fixed_batch} but got batch "
-                               f"{im.shape[0]}: use --batch-size {self.fixed_batch} or re-export with --dynamic")
+        self.input_shape(tuple(im.shape[2:]))
+
+    def _chunks(self, im: torch.Tensor) -> list[torch.Tensor]:
+        """Split (and zero-pad the last piece of) a batch for graphs exported with a fixed batch size."""
+        fb = self.fixed_batch
+        if not fb or fb == im.shape[0]:
+            return [im]
+        chunks = list(im.split(fb))
+        if chunks[-1].shape[0] < fb:
+            chunks[-1] = torch.cat((chunks[-1], im.new_zeros((fb - chunks[-1].shape[0], *im.shape[1:]))), 0)
+        return chunks
 
     def forward(self, im: torch.Tensor, augment: bool = False, visualize: bool = False):
         """(bs, 3, h, w) float 0-1 -> decoded (bs, N, nc + 5) tensor; for --nms graphs (end2end) a list of per-image
         (k, 6) tensors x1, y1, x2, y2, conf, cls, the same layout as utils.nms.non_max_suppression returns."""
-        if self.pt:
-            im = im.to(next(self.model.parameters()).dtype)  # follows .half()/.float() called on the backend too
-            if self.channels_last:
-                im = im.contiguous(memory_format=torch.channels_last)
-            y = self.model(im, augment=True) if augment else self.model(im)  # user modules may lack augment
-            return y[0] if isinstance(y, (list, tuple)) else y
-        if augment:
-            LOGGER.warning("WARNING ⚠️ --augment needs PyTorch weights; running the exported graph as is") \
-                if not getattr(self, "_warned_augment", False) else None
+        if augment and not self._warned_augment:
+            LOGGER.warning("WARNING ⚠️ --augment needs PyTorch weights; running the exported graph as is")
             self._warned_augment = True
         self._check_shape(im)
-        if self.jit:
-            y = self.model(im.half() if self.fp16 else im.float())
-            y = list(y) if isinstance(y, (list, tuple)) else [y]
-        else:
-            x = im.detach().cpu().numpy().astype(np.float16 if self.fp16 else np.float32, copy=False)
-            y = [torch.from_numpy(v).to(self.device) for v in self.session.run(self.output_names, {self.input_name: x})]
-        if self.format == "nms":
-            return self._split_nms(y[0].float(), im.shape[0])
-        if self.format == "raw":
-            return decode_raw(y[: len(self.strides)], self.anchors_px, self.strides)
-        return y[0].float()
+        bs = im.shape[0]
+        outs = []
+        for x in self._chunks(im.half() if self.fp16 else im.float()):
+            y = self.infer(x)
+            y = [torch.as_tensor(v).to(self.device) for v in (y if isinstance(y, (list, tuple)) else [y])]
+            outs.append(self._split_nms(y[0].float(), x.shape[0]) if self.end2end else
+                        decode_raw(y[: len(self.strides)], self.anchors_px, self.strides) if self.format == "raw" else
+                        y[0].float())
+        if self.end2end:
+            return [d for o in outs for d in o][:bs]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, 0)[:bs]
 
     @staticmethod
     def _split_nms(rows: torch.Tensor, bs: int) -> list[torch.Tensor]:
@@ -295,22 +347,117 @@ class DetectBackend(nn.Module):
         return [rows[idx == i, 1:] for i in range(bs)]
 
     def warmup(self, imgsz=(1, 3, 640, 640)) -> None:
-        """One forward so the first timed image does not pay for allocation and graph initialisation."""
-        imgsz = tuple(imgsz)
-        if self.fixed_imgsz is not None:
-            imgsz = (self.fixed_batch or 1, imgsz[1], *self.fixed_imgsz)
-        elif self.fixed_batch is not None:
-            imgsz = (self.fixed_batch, *imgsz[1:])
-        if self.pt and self.device.type == "cpu":
-            return  # eager CPU has nothing to initialise
-        im = torch.zeros(imgsz, device=self.device, dtype=torch.half if self.fp16 else torch.float)
+        """Forwards so the first timed image does not pay for allocation and graph initialisation."""
+        b, hw = self.input_shape(tuple(imgsz)[2:], int(imgsz[0]), adapt=True)
+        if not self.warmup_runs:
+            return
+        im = torch.zeros((b or 1, imgsz[1], *hw), device=self.device, dtype=torch.half if self.fp16 else torch.float)
         with torch.no_grad():
-            for _ in range(2 if self.jit else 1):  # TorchScript profiles its first run and optimises on the second
+            for _ in range(self.warmup_runs):
                 self.forward(im)
 
     def extra_repr(self) -> str:
-        kind = "pt" if self.pt else "jit" if self.jit else "onnx"
-        return f"weights={self.weights.name}, backend={kind}, format={self.format}, stride={self.stride}, nc={self.nc}"
+        return (f"weights={self.weights.name}, backend={self.kind}, format={self.format}, stride={self.stride}, "
+                f"nc={self.nc}")
+
+
+DetectBackend = Backend  # the public name YOLOv5 scripts use; DetectBackend(w) builds the class registered for w
+
+
+class PyTorchBackend(Backend):
+    """.pt/.pth checkpoints (ours or YOLOv5's, through the safe loader) and in-memory nn.Modules."""
+
+    kind = "pt"
+
+    @property
+    def warmup_runs(self) -> int:
+        return 0 if self.device.type == "cpu" else 1  # eager CPU has nothing to initialise
+
+    def load(self, w, fuse: bool = True, channels_last: bool | None = None, **opts) -> dict:
+        module = w if isinstance(w, nn.Module) else None  # hub models built from a yaml, user models
+        if module is None:
+            from models.experimental import attempt_load
+            model = attempt_load(w, device=self.device, inplace=True, fuse=fuse)
+        else:
+            model = module.to(self.device).eval().float()
+        model = model.half() if self.fp16 else model
+        # channels_last lets oneDNN pick its blocked depthwise/pointwise kernels on CPU (see README speed table);
+        # a caller's own module keeps its memory format unless asked
+        default_cl = self.device.type == "cpu" and module is None
+        self.channels_last = default_cl if channels_last is None else bool(channels_last)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        head = model.model[-1] if isinstance(getattr(model, "model", None), nn.Sequential) else None
+        return {"stride": _max_stride(getattr(model, "stride", None)), "names": getattr(model, "names", None),
+                "yaml": getattr(model, "yaml", None), "nc": int(head.nc) if hasattr(head, "nc") else None}
+
+    def forward(self, im: torch.Tensor, augment: bool = False, visualize: bool = False):
+        im = im.to(next(self.model.parameters()).dtype)  # follows .half()/.float() called on the backend too
+        if self.channels_last:
+            im = im.contiguous(memory_format=torch.channels_last)
+        y = self.model(im, augment=True) if augment else self.model(im)  # user modules may lack augment
+        return y[0] if isinstance(y, (list, tuple)) else y
+
+
+class TorchScriptBackend(Backend):
+    """.torchscript files: refused unless trusted, because torch.jit.load runs the code the file carries."""
+
+    kind = "jit"
+    warmup_runs = 2  # TorchScript profiles its first run and optimises on the second
+
+    def load(self, w, trusted: bool = False, **opts) -> dict:
+        if not trusted:
+            raise BackendError(f"'{w}': TorchScript runs the code it carries; refused unless you trust the "
+                               "file and pass --trust-weights (trusted=True)")
+        extra = {"config.txt": ""}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+                model = torch.jit.load(w, _extra_files=extra, map_location=self.device)
+        except RuntimeError as e:
+            raise BackendError(f"'{w}' is not a readable TorchScript file: {first_line(e)}") from None
+        cfg = extra["config.txt"]
+        meta = _json(cfg.decode(errors="ignore") if isinstance(cfg, bytes) else cfg, {}) or {}
+        self.half_file = bool(meta.get("half", False))
+        self.fp16 = self.fp16 or self.half_file
+        self.model = (model.half() if self.fp16 else model.float()).eval()
+        shape = meta.get("shape")
+        if shape and not meta.get("dynamic", False):
+            self.fixed_batch, self.fixed_imgsz = int(shape[0]), (int(shape[2]), int(shape[3]))
+        return meta
+
+    def infer(self, im: torch.Tensor) -> list:
+        y = self.model(im)
+        return list(y) if isinstance(y, (list, tuple)) else [y]
+
+
+class OnnxBackend(Backend):
+    """.onnx files through ONNX Runtime (CUDA provider on a CUDA device when installed)."""
+
+    kind = "onnx"
+
+    def load(self, w, threads: int | None = None, **opts) -> dict:
+        self.session = onnx_session(w, self.device, threads)
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.fp16 = inp.type == "tensor(float16)"
+        b, _, h, wd = (list(inp.shape) + [None] * 4)[:4]
+        if isinstance(h, int) and isinstance(wd, int):
+            self.fixed_imgsz = (h, wd)
+        if isinstance(b, int):
+            self.fixed_batch = b
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def infer(self, im: torch.Tensor) -> list:
+        x = im.detach().cpu().numpy()
+        return [torch.from_numpy(v) for v in self.session.run(self.output_names, {self.input_name: x})]
+
+
+for _k, _cls in ((".pt", PyTorchBackend), (".pth", PyTorchBackend), (".torchscript", TorchScriptBackend),
+                 (".onnx", OnnxBackend)):
+    register_backend(_k, _cls)
 
 
 # ----------------------------------------------------------------------- the steps every entry point shares
@@ -332,6 +479,20 @@ def postprocess(preds, conf_thres: float, iou_thres: float, classes=None, agnost
     from utils.nms import non_max_suppression
     pred = preds[0] if isinstance(preds, (list, tuple)) else preds
     return non_max_suppression(pred.float(), conf_thres, iou_thres, classes, agnostic, multi_label, max_det=max_det)
+
+
+def to_input(im: torch.Tensor, device: torch.device | str, fp16: bool = False) -> torch.Tensor:
+    """The one preprocessing after the letterbox: uint8 (bs, 3, h, w) RGB -> float 0-1 on device (half if fp16)."""
+    im = im.to(device, non_blocking=True)
+    return (im.half() if fp16 else im.float()) / 255
+
+
+def rescale_boxes(boxes: torch.Tensor, input_hw, orig_hw, ratio_pad=None, round_px: bool = False) -> torch.Tensor:
+    """The one rescaling: xyxy boxes (in place) from the letterboxed input back to original pixels, clipped;
+    ratio_pad as the dataloader reports it (else derived from the two shapes, as the predictor does)."""
+    from utils.boxes import scale_boxes
+    out = scale_boxes(input_hw, boxes, orig_hw, ratio_pad)
+    return out.round() if round_px else out
 
 
 def label_lines(cls, xywhn, conf=None) -> list[str]:

@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 from utils.augmentations import letterbox
 from utils import backends
 from utils.backends import DetectBackend
-from utils.boxes import clip_boxes, scale_boxes, xywh2xyxy, xyxy2xywh, xyxy2xywhn
+from utils.boxes import clip_boxes, xywh2xyxy, xyxy2xywh, xyxy2xywhn
 from utils.dataloaders import imread
 from utils.general import LOGGER, check_img_size, increment_path
 from utils.plots import Annotator, colors
@@ -225,21 +225,9 @@ class Predictor:
     def _check_size(self, imgsz) -> tuple[int, int]:
         imgsz = [imgsz] * 2 if isinstance(imgsz, int) else list(imgsz) * (2 if len(imgsz) == 1 else 1)
         imgsz = tuple(check_img_size(imgsz, self.stride))
-        if self.fixed is not None and tuple(self.fixed) != imgsz:
-            LOGGER.warning(f"WARNING ⚠️ the model takes a fixed input of {tuple(self.fixed)}, not {imgsz}: using it")
-            imgsz = tuple(int(x) for x in self.fixed)
+        if hasattr(self.backend, "input_shape"):  # the backend decides what a fixed-shape export can take
+            return tuple(self.backend.input_shape(imgsz, adapt=True)[1])
         return imgsz
-
-    def _batches(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Split (and zero-pad the last piece) for exports with a fixed batch size."""
-        fb = getattr(self.backend, "fixed_batch", None)
-        if not fb or fb == x.shape[0]:
-            return [x]
-        chunks = list(x.split(fb))
-        if chunks[-1].shape[0] < fb:
-            pad = x.new_zeros((fb - chunks[-1].shape[0], *x.shape[1:]))
-            chunks[-1] = torch.cat((chunks[-1], pad), 0)
-        return chunks
 
     def _can_augment(self) -> bool:
         try:
@@ -259,8 +247,8 @@ class Predictor:
         imgsz = self.imgsz if imgsz is None else imgsz
         auto = self.auto and len({im.shape for im in ims}) == 1
         x = np.stack([letterbox(im, imgsz, stride=self.stride, auto=auto)[0] for im in ims])
-        x = torch.from_numpy(np.ascontiguousarray(x[..., ::-1].transpose(0, 3, 1, 2))).to(self.device)
-        return (x.half() if self.fp16 else x.float()) / 255
+        return backends.to_input(torch.from_numpy(np.ascontiguousarray(x[..., ::-1].transpose(0, 3, 1, 2))),
+                                 self.device, self.fp16)
 
     def predict(self, ims: list[np.ndarray], paths: list[str | None] | None = None, imgsz=None,
                 augment: bool | None = None) -> list[Detections]:
@@ -273,22 +261,19 @@ class Predictor:
         if aug and not self._can_augment():
             LOGGER.warning("WARNING ⚠️ test-time augmentation needs a PyTorch model; running without it")
             aug = self.augment = False
-        with torch.inference_mode():
-            preds = [self.backend.forward(c, augment=True) if aug else self.backend.forward(c)
-                     for c in self._batches(x)]
+        with torch.inference_mode():  # the backend splits and pads batches for fixed-batch exports
+            pred = self.backend.forward(x, augment=True) if aug else self.backend.forward(x)
         t2 = time_sync()
         end2end = bool(getattr(self.backend, "end2end", False))  # the graph ran NMS: per-image (k, 6) rows
-        if end2end:
-            pred = [d for p in preds for d in p][: len(ims)]
-        else:
-            pred = torch.cat([p[0] if isinstance(p, (list, tuple)) else p for p in preds], 0)[: len(ims)]
+        if not end2end and isinstance(pred, (list, tuple)):
+            pred = pred[0]
         out = backends.postprocess(pred, self.conf_thres, self.iou_thres, self.classes, self.agnostic,
                                    max_det=self.max_det, end2end=end2end)
         dets = []
         for i, (det, im) in enumerate(zip(out, ims)):
             det = det.detach().cpu()
             if len(det):
-                det[:, :4] = scale_boxes(x.shape[2:], det[:, :4], im.shape[:2]).round()
+                det[:, :4] = backends.rescale_boxes(det[:, :4], x.shape[2:], im.shape[:2], round_px=True)
             d = det.numpy()
             dets.append(Detections(d[:, :4].astype(np.float32), d[:, 4].astype(np.float32), d[:, 5].astype(np.int64),
                                    self.names, im.shape[:2], paths[i] if paths else None, im))
