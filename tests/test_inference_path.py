@@ -31,20 +31,20 @@ def dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def spy(monkeypatch):
-    """Replaces backends.postprocess (the one NMS call) and backends.label_lines; records who called them."""
-    calls = {"postprocess": 0, "label_lines": 0}
-    real_post, real_lines = backends.postprocess, backends.label_lines
+    """Replaces the shared steps of utils.backends (the one preprocessing, NMS call, rescaling, label writer and
+    fixed-shape decision) by counting wrappers; records who called them."""
+    names = ("to_input", "postprocess", "rescale_boxes", "label_lines")
+    calls = dict.fromkeys(names + ("input_shape",), 0)
 
-    def post(*a, **k):
-        calls["postprocess"] += 1
-        return real_post(*a, **k)
+    def counting(name, real):
+        def f(*a, **k):
+            calls[name] += 1
+            return real(*a, **k)
+        return f
 
-    def lines(*a, **k):
-        calls["label_lines"] += 1
-        return real_lines(*a, **k)
-
-    monkeypatch.setattr(backends, "postprocess", post)
-    monkeypatch.setattr(backends, "label_lines", lines)
+    for name in names:
+        monkeypatch.setattr(backends, name, counting(name, getattr(backends, name)))
+    monkeypatch.setattr(backends.Backend, "input_shape", counting("input_shape", backends.Backend.input_shape))
     return calls
 
 
@@ -54,26 +54,27 @@ def test_every_entry_point_uses_the_shared_postprocess_and_label_writer(dataset,
 
     pred = load(str(w), device="cpu", imgsz=64)
     dets = pred(np.zeros((64, 64, 3), np.uint8))
-    assert spy["postprocess"] == 1
+    assert spy["postprocess"] == spy["to_input"] == 1
     dets[0].label_lines()
     assert spy["label_lines"] == 1
 
     detect.run(weights=str(w), source=str(images), imgsz=(64, 64), device="cpu", save_txt=True, nosave=True,
                project=str(tmp_path), name="d")
-    assert spy["postprocess"] == 1 + 4  # one call per image
+    assert spy["postprocess"] == spy["to_input"] == 1 + 4  # one call per image
     assert spy["label_lines"] >= 2
 
     before = dict(spy)
     val.run(data=str(dataset), weights=str(w), imgsz=64, batch_size=4, workers=0, device="cpu", save_txt=True,
             project=str(tmp_path), name="v", plots=False)
-    assert spy["postprocess"] == before["postprocess"] + 1  # one batch of 4
+    assert spy["postprocess"] == before["postprocess"] + 1 and spy["to_input"] == before["to_input"] + 1  # 1 batch
     assert spy["label_lines"] == before["label_lines"] + 4
+    assert spy["rescale_boxes"] == before["rescale_boxes"] + 2 * 4  # predictions and labels of each image
 
     before = dict(spy)  # validation during training passes the in-memory EMA model and its loader
     loader = create_dataloader(str(images), 64, 4, 32, pad=0.5, rect=True, workers=0)[0]
     val.run(data=str(dataset), model=_tiny_model().eval(), imgsz=64, batch_size=4, plots=False,
             save_dir=tmp_path / "t", dataloader=loader)
-    assert spy["postprocess"] == before["postprocess"] + 1
+    assert spy["postprocess"] == before["postprocess"] + 1 and spy["to_input"] == before["to_input"] + 1
 
 
 def test_in_memory_module_backend_is_the_file_backend(tmp_path):
@@ -87,3 +88,107 @@ def test_in_memory_module_backend_is_the_file_backend(tmp_path):
     with torch.no_grad():
         # same weights, same unfused float32 graph: equal up to summation order (~1e-6 relative)
         assert torch.allclose(a(x), b(x), rtol=1e-5, atol=1e-4)
+
+
+def test_each_format_maps_to_its_class(tmp_path):
+    import export
+    pytest.importorskip("onnxruntime")
+    model = _tiny_model().eval()
+    w = save_checkpoint(make_checkpoint(model), tmp_path / "tiny.pt")
+    (tmp_path / "tiny.pth").write_bytes(w.read_bytes())
+    ts, ox = (Path(f) for f in export.run(weights=str(w), include=("torchscript", "onnx"), imgsz=(64, 64),
+                                           device="cpu"))
+    cases = [(model, backends.PyTorchBackend, "pt"), (w, backends.PyTorchBackend, "pt"),
+             (tmp_path / "tiny.pth", backends.PyTorchBackend, "pt"), (ts, backends.TorchScriptBackend, "jit"),
+             (ox, backends.OnnxBackend, "onnx")]
+    for weights, cls, flag in cases:
+        assert backends.backend_class(weights) is cls
+        b = backends.DetectBackend(weights, trusted=True)  # our own export: TorchScript needs the opt-in
+        assert type(b) is cls and isinstance(b, backends.DetectBackend) and b.kind == flag
+        assert [f for f in backends.YOLOV5_FLAGS if getattr(b, f)] == [flag] and b.names == NAMES
+    with pytest.raises(backends.BackendError, match="--trust-weights"):  # the factory keeps the refusal
+        backends.DetectBackend(ts)
+
+
+class FakeBackend(backends.Backend):
+    """A made-up export folder (<name>_fake_model/ holding model.pt), exported for batch 3 at 64x64."""
+
+    kind = "fake"
+    calls = 0
+
+    def load(self, w, **opts) -> dict:
+        from models.experimental import attempt_load
+        self.model = attempt_load(Path(w) / "model.pt", fuse=False)
+        self.fixed_batch, self.fixed_imgsz = 3, (64, 64)
+        return {"stride": "32", "names": '{"0": "a", "1": "b", "2": "c"}'}
+
+    def infer(self, im: torch.Tensor) -> list:
+        assert tuple(im.shape) == (3, 3, 64, 64)  # the forward splits and pads to the exported batch
+        FakeBackend.calls += 1
+        return [self.model(im)[0].detach().numpy()]  # runtimes may hand back numpy arrays
+
+
+@pytest.fixture
+def fake_format(tmp_path):
+    """A registered folder format (by import path, as runtime backends register lazily), removed afterwards."""
+    folder = tmp_path / "tiny_fake_model"
+    folder.mkdir()
+    save_checkpoint(make_checkpoint(_tiny_model()), folder / "model.pt")
+    backends.register_backend("_fake_model/", f"{__name__}:FakeBackend")
+    FakeBackend.calls = 0
+    yield folder
+    backends.unregister_backend("_fake_model/")
+
+
+def test_a_registered_format_is_picked_up_by_every_entry_point(fake_format, dataset, spy, tmp_path, capture_log):
+    folder = fake_format
+    b = backends.DetectBackend(str(folder))
+    assert type(b) is FakeBackend and isinstance(b, backends.DetectBackend) and not b.pt
+    assert b.names == {0: "a", 1: "b", 2: "c"} and b.stride == 32 and b.nc == 3
+    y = b(torch.rand(4, 3, 64, 64))  # 4 = one full batch of 3 and one padded
+    assert FakeBackend.calls == 2 and y.shape[0] == 4 and y.shape[-1] == 8
+    with pytest.raises(backends.BackendError, match="exported for 64x64 .* got 64x96"):
+        b(torch.rand(3, 3, 64, 96))
+
+    with capture_log() as records:  # the predictor adapts to the fixed size, val refuses it: one decision
+        pred = load(str(folder), device="cpu", imgsz=96)
+    assert pred.imgsz == (64, 64) and any("fixed input of (64, 64)" in r for r in records)
+    calls = FakeBackend.calls
+    pred([np.zeros((64, 64, 3), np.uint8)] * 4)
+    assert FakeBackend.calls == calls + 2
+    detect.run(weights=str(folder), source=str(dataset.parent / "images" / "val"), imgsz=(64, 64), device="cpu",
+               nosave=True, project=str(tmp_path), name="d")
+    assert FakeBackend.calls == calls + 2 + 4  # one frame at a time
+    calls = FakeBackend.calls
+    val.run(data=str(dataset), weights=str(folder), imgsz=64, batch_size=8, workers=0, device="cpu", plots=False,
+            project=str(tmp_path), name="v")
+    assert FakeBackend.calls == calls + 1 + 2  # warmup, then the loader at the exported batch: 3 + 1 images
+    before = spy["input_shape"]
+    with pytest.raises(ValueError, match="exported for 64x64"):
+        val.run(data=str(dataset), weights=str(folder), imgsz=96, workers=0, device="cpu", plots=False,
+                project=str(tmp_path), name="v")
+    assert spy["input_shape"] > before
+    backends.unregister_backend("_fake_model/")  # without the registration the folder is just a folder
+    with pytest.raises(backends.BackendError, match="is a directory"):
+        load(str(folder))
+
+
+def test_directories_and_missing_export_folders(fake_format, tmp_path, capture_log):
+    import logging
+    for d in (tmp_path, tmp_path / "best.pt"):  # a run folder, a folder that only looks like a checkpoint
+        d.mkdir(exist_ok=True)
+        with pytest.raises(backends.BackendError, match="is a directory") as e:
+            backends.DetectBackend(d)
+        assert "not found" not in str(e.value) and "_fake_model/" in str(e.value)  # names the folder formats
+    with pytest.raises(FileNotFoundError, match="not found"):  # a registered folder name that is not there
+        backends.DetectBackend(tmp_path / "gone_fake_model")
+    with pytest.raises(backends.BackendError, match="unsupported weights suffix ''"):
+        backends.DetectBackend(tmp_path / "gone_model")
+    import cv2
+    im = tmp_path / "im.png"
+    cv2.imwrite(str(im), np.zeros((32, 32, 3), np.uint8))
+    with capture_log(level=logging.ERROR) as errors:
+        assert val.cli(["--weights", str(tmp_path), "--data", "shapes.yaml"]) == 1
+        assert detect.main(detect.parse_opt(["--weights", str(tmp_path), "--source", str(im), "--project",
+                                             str(tmp_path / "runs")])) == 1
+    assert len(errors) == 2 and all("is a directory" in e and "\n" not in e for e in errors), errors

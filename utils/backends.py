@@ -338,7 +338,7 @@ class Backend(nn.Module):
                         y[0].float())
         if self.end2end:
             return [d for o in outs for d in o][:bs]
-        return outs[0] if len(outs) == 1 else torch.cat(outs, 0)[:bs]
+        return (outs[0] if len(outs) == 1 else torch.cat(outs, 0))[:bs]  # without the padding rows
 
     @staticmethod
     def _split_nms(rows: torch.Tensor, bs: int) -> list[torch.Tensor]:
