@@ -226,9 +226,9 @@ class Backend(nn.Module):
     warmup_runs = 1  # forwards warmup() runs; TorchScript optimises on its second
 
     def __new__(cls, weights=None, *args, **kwargs):
-        if cls is Backend and weights is not None:  # the factory: DetectBackend(w) -> the class registered for w
-            cls = backend_class(weights)
-        return super().__new__(cls)
+        # the factory: DetectBackend(w) -> the class registered for w (whose __init__ Python then runs)
+        target = backend_class(weights) if cls is Backend and weights is not None else cls
+        return super().__new__(target)
 
     def __init__(self, weights, device: torch.device | str = torch.device("cpu"), fp16: bool = False, fuse: bool = True,
                  data=None, threads: int | None = None, channels_last: bool | None = None, trusted: bool = False):
@@ -348,10 +348,10 @@ class Backend(nn.Module):
 
     def warmup(self, imgsz=(1, 3, 640, 640)) -> None:
         """Forwards so the first timed image does not pay for allocation and graph initialisation."""
-        b, hw = self.input_shape(tuple(imgsz)[2:], int(imgsz[0]), adapt=True)
         if not self.warmup_runs:
             return
-        im = torch.zeros((b or 1, imgsz[1], *hw), device=self.device, dtype=torch.half if self.fp16 else torch.float)
+        b, hw = self.fixed_batch or int(imgsz[0]), self.fixed_imgsz or tuple(imgsz[2:])  # an export's own shape
+        im = torch.zeros((b, imgsz[1], *hw), device=self.device, dtype=torch.half if self.fp16 else torch.float)
         with torch.no_grad():
             for _ in range(self.warmup_runs):
                 self.forward(im)
