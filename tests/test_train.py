@@ -111,9 +111,10 @@ def test_loss_falls(data, hyp, tmp_path):
     assert (total[1:] < total[0]).all() and total[-1] < 0.92 * total[0], total
 
 
-def test_flag_combination_freeze_single_cls_multiscale(data, tmp_path):
+def test_flag_combination_freeze_single_cls_multiscale(data, hyp, tmp_path):
     """--freeze keeps layers 0-1 fixed across epochs while the rest trains; --single-cls, --multi-scale, --cos-lr,
-    --label-smoothing, --image-weights, --save-period and AdamW run together."""
+    --label-smoothing, --image-weights, --save-period and AdamW run together. hyp.yaml and the checkpoints keep the
+    hyperparameters as given: the loss gains are scaled (1 class, 64 px) inside ComputeLoss only."""
     opt = train.run(data=data, cfg="yolov5n.yaml", epochs=2, freeze=[2], single_cls=True, multi_scale=True,
                     cos_lr=True, label_smoothing=0.1, image_weights=True, save_period=1, optimizer="AdamW",
                     noplots=True, noautoanchor=True, project=str(tmp_path), **BASE)
@@ -121,6 +122,8 @@ def test_flag_combination_freeze_single_cls_multiscale(data, tmp_path):
     assert opt.status == train.COMPLETED and (w / "epoch0.pt").is_file() and (w / "epoch1.pt").is_file()
     e0, e1 = (torch.load(w / f"epoch{i}.pt", weights_only=True) for i in (0, 1))
     assert e1["names"] == {0: "item"} and e1["yaml"]["nc"] == 1 and e1["hyp"]["label_smoothing"] == 0.1
+    assert e1["hyp"] == {**hyp, "label_smoothing": 0.1}  # cls/obj unscaled although nc = 1 and imgsz = 64
+    assert yaml.safe_load((Path(opt.save_dir) / "hyp.yaml").read_text()) == hyp
     for k in ("model.0.conv.weight", "model.1.bn.weight", "model.1.bn.bias"):
         assert torch.equal(e0["model"][k], e1["model"][k]), k  # frozen
     assert not torch.equal(e0["model"]["model.2.cv1.conv.weight"], e1["model"]["model.2.cv1.conv.weight"])
@@ -178,6 +181,20 @@ def test_resume_latest_and_finished_runs(yolov5n_run, tmp_path):
     assert train.find_latest_run(tmp_path) == newer
     with pytest.raises(FileNotFoundError, match="no last.pt found"):
         train.find_latest_run(tmp_path / "a" / "nothing")
+
+
+def test_resume_run_folder_comes_from_the_file_location(tmp_path):
+    """A checkpoint's stored options cannot choose where the resumed run writes, nor add unknown options."""
+    m = Model("yolov5n.yaml", nc=5, verbose=False)
+    elsewhere = tmp_path / "elsewhere"
+    opt = {**vars(train.parse_opt(argv=[])), "save_dir": str(elsewhere), "epochs": 5, "not_a_flag": 1}
+    sgd = torch.optim.SGD(m.parameters(), lr=0.01)
+    for run_dir, f in ((tmp_path / "exp", tmp_path / "exp/weights/last.pt"), (tmp_path / "cp", tmp_path / "cp/x.pt")):
+        save_checkpoint(make_checkpoint(m, optimizer=sgd, epoch=0, opt=opt), f)
+        o = train.resume_opt(str(f), str(tmp_path))
+        assert Path(o.save_dir) == run_dir.resolve() and o.epochs == 5 and not hasattr(o, "not_a_flag")
+        assert o.weights == str(f.resolve()) and o.resume is True
+    assert not elsewhere.exists()
 
 
 def test_interrupt_before_first_epoch_says_nothing_to_resume(data, tmp_path, capture_log):
