@@ -22,7 +22,6 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +51,10 @@ from utils.metrics import fitness  # noqa: E402
 from utils.optim import OPTIMIZERS, lr_lambda, smart_optimizer, warmup_iterations, warmup_step  # noqa: E402
 from utils.torch_utils import LOCAL_RANK, RANK, WORLD_SIZE, ModelEMA, de_parallel, select_device  # noqa: E402
 from utils.torch_utils import torch_distributed_zero_first  # noqa: E402
-from utils.training import REQUIRED_HYP, RESULT_KEYS, EarlyStopping, PhaseClock, ResultsCSV  # noqa: E402,F401
-from utils.training import any_rank, deferred_interrupts, freeze_layers, init_seeds, labels_to_class_weights  # noqa: E402,F401,E501
-from utils.training import labels_to_image_weights, load_hyp, rank0_decides, rng_state, set_cpu_threads  # noqa: E402
-from utils.training import set_rng_state, sigterm_as_interrupt, transfer_weights  # noqa: E402
+from utils.training import (REQUIRED_HYP, RESULT_KEYS, EarlyStopping, PhaseClock, ResultsCSV,  # noqa: E402,F401
+                            any_rank, deferred_interrupts, freeze_layers, init_ddp, init_seeds,
+                            labels_to_class_weights, labels_to_image_weights, load_hyp, rank0_value, rng_state,
+                            set_cpu_threads, set_rng_state, sigterm_as_interrupt, transfer_weights)
 
 TQDM_FORMAT = TQDM_BAR_FORMAT  # the one bar format of every script (utils.general)
 GRAD_CLIP_NORM = 10.0
@@ -105,25 +104,11 @@ class Run:
     rng: dict | None = None  # RNG state to restore once everything is built
     t0: float = field(default_factory=time.time)
 
-    @property
-    def main(self) -> bool:
-        return RANK in {-1, 0}
-
-    @property
-    def last(self) -> Path:
-        return self.save_dir / "weights" / "last.pt"
-
-    @property
-    def best(self) -> Path:
-        return self.save_dir / "weights" / "best.pt"
-
-    @property
-    def amp(self) -> bool:
-        return self.device.type == "cuda"  # mixed precision only where it pays and is supported
-
-    @property
-    def plots(self) -> bool:
-        return not self.opt.evolve and not self.opt.noplots
+    def __post_init__(self):
+        self.main = RANK in {-1, 0}  # rank 0 (or no DDP) validates, logs and saves
+        self.amp = self.device.type == "cuda"  # mixed precision only where it pays and is supported
+        self.plots = not self.opt.evolve and not self.opt.noplots
+        self.last, self.best = self.save_dir / "weights" / "last.pt", self.save_dir / "weights" / "best.pt"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -432,11 +417,7 @@ def end_epoch(r: Run, epoch: int, mloss: torch.Tensor) -> bool:
         final_epoch = (epoch + 1 == r.opt.epochs) or r.stopper.possible_stop
         r.clock.lap("log")
         if not r.opt.noval or final_epoch:
-            r.results, r.maps, _ = validate.run(r.data, batch_size=r.opt.batch_size // WORLD_SIZE * 2,
-                                                imgsz=r.imgsz, half=r.amp, model=r.ema.ema,
-                                                single_cls=r.opt.single_cls, dataloader=r.val_loader,
-                                                save_dir=r.save_dir, plots=False, callbacks=r.callbacks,
-                                                compute_loss=r.compute_loss)
+            r.results, r.maps, _ = validate_with(r, r.ema.ema, half=r.amp, plots=False)
         r.clock.lap("val")
         fi = float(fitness(np.array(r.results).reshape(1, -1))[0])
         stop = r.stopper(epoch=epoch, fitness=fi) or r.callbacks.stop_training
@@ -448,10 +429,17 @@ def end_epoch(r: Run, epoch: int, mloss: torch.Tensor) -> bool:
             r.callbacks.run("on_model_save", r.last, epoch, final_epoch, r.stopper.best_fitness, fi)
         r.clock.lap("checkpoint")
         LOGGER.info(f"Time per phase, {r.clock.summary()}")
-    if rank0_decides(stop):
+    if rank0_value(stop):
         r.status = EARLY_STOPPED
         return True
     return False
+
+
+def validate_with(r: Run, model: nn.Module, **kw):
+    """val.run on this run's validation loader and loss: (P, R, mAP50, mAP50-95, box, obj, cls), maps, times."""
+    return validate.run(r.data, batch_size=r.opt.batch_size // WORLD_SIZE * 2, imgsz=r.imgsz, model=model,
+                        single_cls=r.opt.single_cls, dataloader=r.val_loader, save_dir=r.save_dir,
+                        callbacks=r.callbacks, compute_loss=r.compute_loss, **kw)
 
 
 def save_epoch(r: Run, epoch: int, fi: float) -> None:
@@ -493,11 +481,8 @@ def finalize(r: Run):
             if best.exists() and not opt.evolve:
                 from models.experimental import attempt_load
                 LOGGER.info(f"\nValidating {best}...")
-                r.results, _, _ = validate.run(r.data, batch_size=opt.batch_size // WORLD_SIZE * 2, imgsz=r.imgsz,
-                                               model=attempt_load(best, r.device), iou_thres=0.6,
-                                               single_cls=opt.single_cls, dataloader=r.val_loader,
-                                               save_dir=r.save_dir, verbose=r.nc < 50, plots=r.plots,
-                                               callbacks=r.callbacks, compute_loss=r.compute_loss)
+                r.results, _, _ = validate_with(r, attempt_load(best, r.device), iou_thres=0.6, verbose=r.nc < 50,
+                                                plots=r.plots)
             r.callbacks.run("on_train_end", last, best, r.epoch, r.results)
             LOGGER.info(f"Results saved to {colorstr('bold', str(r.save_dir))}")
         if r.plots and (r.save_dir / "results.csv").exists():  # also after an interruption: the epochs so far
@@ -594,17 +579,8 @@ def main(opt: argparse.Namespace, callbacks: Callbacks | None = None) -> argpars
             raise ValueError("--image-weights is not compatible with DDP training")
         if opt.evolve:
             raise ValueError("--evolve is not compatible with DDP training")
-        if device.type == "cuda":
-            torch.cuda.set_device(LOCAL_RANK)
-            device = torch.device("cuda", LOCAL_RANK)
-        if not dist.is_initialized():
-            backend = "nccl" if device.type == "cuda" and dist.is_nccl_available() else "gloo"
-            dist.init_process_group(backend=backend, timeout=timedelta(hours=3))
-        if RANK == 0:
-            LOGGER.info(f"DDP: {dist.get_backend()} backend, {WORLD_SIZE} processes")
-        shared = [getattr(opt, "save_dir", None)]  # every rank writes into rank 0's run folder
-        dist.broadcast_object_list(shared, 0)
-        opt.save_dir = shared[0]
+        device = init_ddp(device)
+        opt.save_dir = rank0_value(getattr(opt, "save_dir", None))  # every rank writes into rank 0's run folder
 
     threads = torch.get_num_threads()
     try:

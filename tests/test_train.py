@@ -390,3 +390,17 @@ def test_evolve_mutation_respects_limits(hyp):
     hist = np.array([[0.9] + [hyp[k] * 2 for k in keys], [0.1] + [hyp[k] for k in keys]])
     c = train.mutate_hyp(hyp, hist, keys, np.random.default_rng(1), sigma=0.0)
     assert c["lr0"] == pytest.approx(min(hyp["lr0"] * 2, 0.1), rel=0.05)
+
+
+def test_evolve_writes_table_and_best_hyp(data, tmp_path):
+    """--evolve 2: two one-epoch trainings with mutated hyps, one evolve.csv row each, hyp_evolve.yaml the best row."""
+    opt = train.run(data=data, cfg="yolov5n.yaml", epochs=1, evolve=2, noautoanchor=True,
+                    project=str(tmp_path / "train"), **BASE)
+    save_dir = Path(opt.save_dir)
+    assert opt.status == train.COMPLETED and save_dir.parent == tmp_path / "evolve"
+    table = np.loadtxt(save_dir / "evolve.csv", delimiter=",", skiprows=1, ndmin=2)
+    best = yaml.safe_load((save_dir / "hyp_evolve.yaml").read_text())
+    keys = (save_dir / "evolve.csv").read_text().splitlines()[0].split(",")[8:]
+    assert table.shape == (2, 8 + len(keys)) and "lr0" in keys
+    row = table[table[:, 0].argmax()]
+    assert all(best[k] == v for k, v in zip(keys, row[8:]))  # read back from the csv: the same floats

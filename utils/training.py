@@ -8,6 +8,7 @@ import random
 import signal
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from utils.general import LOGGER, check_yaml, load_yaml
-from utils.torch_utils import RANK, WORLD_SIZE, load_matching
+from utils.torch_utils import LOCAL_RANK, RANK, WORLD_SIZE, load_matching
 
 REQUIRED_HYP = ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr",
                 "box", "cls", "cls_pw", "obj", "obj_pw", "anchor_t")
@@ -251,10 +252,23 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
-def rank0_decides(flag: bool) -> bool:
-    """Rank 0's flag on every DDP rank (rank 0 alone validates, so it alone knows whether to stop)."""
+def rank0_value(value):
+    """Rank 0's value on every DDP rank (rank 0 alone validates, so it alone knows whether to stop)."""
     if RANK == -1:
-        return flag
-    shared = [flag]
+        return value
+    shared = [value]
     dist.broadcast_object_list(shared, 0)
     return shared[0]
+
+
+def init_ddp(device: torch.device) -> torch.device:
+    """Join the torchrun process group (NCCL on CUDA, else gloo); returns this rank's device."""
+    if device.type == "cuda":
+        torch.cuda.set_device(LOCAL_RANK)
+        device = torch.device("cuda", LOCAL_RANK)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" and dist.is_nccl_available() else "gloo"
+        dist.init_process_group(backend=backend, timeout=timedelta(hours=3))
+    if RANK == 0:
+        LOGGER.info(f"DDP: {dist.get_backend()} backend, {WORLD_SIZE} processes")
+    return device
