@@ -404,3 +404,16 @@ def test_evolve_writes_table_and_best_hyp(data, tmp_path):
     assert table.shape == (2, 8 + len(keys)) and "lr0" in keys
     row = table[table[:, 0].argmax()]
     assert all(best[k] == v for k, v in zip(keys, row[8:]))  # read back from the csv: the same floats
+
+
+def test_training_helpers_at_yolov5_import_paths():
+    """Scripts written for YOLOv5 import these from utils.general / utils.torch_utils; train.X keeps working too."""
+    from utils import training
+    from utils.general import init_seeds, labels_to_class_weights, labels_to_image_weights
+    from utils.torch_utils import EarlyStopping
+    assert (init_seeds, labels_to_class_weights, labels_to_image_weights, EarlyStopping) == (
+        training.init_seeds, training.labels_to_class_weights, training.labels_to_image_weights,
+        training.EarlyStopping)
+    assert train.EarlyStopping is EarlyStopping and train.init_seeds is init_seeds
+    with pytest.raises(ImportError):
+        from utils.general import no_such_helper  # noqa: F401
