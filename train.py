@@ -128,9 +128,10 @@ def train(hyp, opt, device: torch.device, callbacks: Callbacks | None = None):
     start(r)
     try:
         with sigterm_as_interrupt():
-            for r.epoch in range(r.start_epoch, opt.epochs):
-                mloss = train_one_epoch(r, r.epoch)
-                if mloss is None or end_epoch(r, r.epoch, mloss):
+            for epoch in range(r.start_epoch, opt.epochs):
+                r.epoch = epoch
+                mloss = train_one_epoch(r, epoch)
+                if mloss is None or end_epoch(r, epoch, mloss):
                     break
     except KeyboardInterrupt:
         r.status = INTERRUPTED
