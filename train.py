@@ -54,7 +54,8 @@ from utils.torch_utils import torch_distributed_zero_first  # noqa: E402
 from utils.training import (REQUIRED_HYP, RESULT_KEYS, EarlyStopping, PhaseClock, ResultsCSV,  # noqa: E402,F401
                             any_rank, deferred_interrupts, freeze_layers, init_ddp, init_seeds,
                             labels_to_class_weights, labels_to_image_weights, load_hyp, rank0_value, rng_state,
-                            set_cpu_threads, set_rng_state, sigterm_as_interrupt, transfer_weights)
+                            set_cpu_threads, set_rng_state, sigterm_as_interrupt, sync_batchnorm, transfer_weights,
+                            wrap_ddp)
 
 TQDM_FORMAT = TQDM_BAR_FORMAT  # the one bar format of every script (utils.general)
 GRAD_CLIP_NORM = 10.0
@@ -270,12 +271,7 @@ def build_data(r: Run) -> None:
     """SyncBN and DDP wrapping, dataloaders, label plot, AutoAnchor, class weights and the loss."""
     opt, hyp, device, bs = r.opt, r.hyp, r.device, r.opt.batch_size // WORLD_SIZE
     if opt.sync_bn and RANK != -1:
-        if device.type == "cuda":
-            r.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(r.model).to(device)
-            LOGGER.info("Using SyncBatchNorm()")
-        else:
-            LOGGER.warning("WARNING ⚠️ --sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); "
-                           "using per-process BatchNorm")
+        r.model = sync_batchnorm(r.model, device)
     r.train_loader, r.dataset = create_dataloader(
         r.data["train"], r.imgsz, bs, r.gs, opt.single_cls, hyp=hyp, augment=True,
         cache=None if opt.cache == "val" else opt.cache, rect=opt.rect, rank=RANK, workers=opt.workers,
@@ -296,9 +292,7 @@ def build_data(r: Run) -> None:
             r.model.half().float()  # pre-reduce anchor precision, as the saved fp16 models will have it
         r.callbacks.run("on_pretrain_routine_end", labels, r.names)
     if RANK != -1:  # DDP broadcasts rank 0's weights and buffers (AutoAnchor result included) on wrapping
-        cuda = device.type == "cuda"
-        r.model = nn.parallel.DistributedDataParallel(r.model, device_ids=[LOCAL_RANK] if cuda else None,
-                                                      output_device=LOCAL_RANK if cuda else None)
+        r.model = wrap_ddp(r.model, device)
     r.class_weights = labels_to_class_weights(r.dataset.labels, r.nc).to(device) * r.nc
     r.compute_loss = ComputeLoss(de_parallel(r.model), hyp=hyp, imgsz=r.imgsz)
 

@@ -261,6 +261,23 @@ def rank0_value(value):
     return shared[0]
 
 
+def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """--sync-bn under DDP: SyncBatchNorm on CUDA; PyTorch has no CPU kernel for it, so CPU keeps BatchNorm."""
+    if device.type == "cuda":
+        LOGGER.info("Using SyncBatchNorm()")
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model).to(device)
+    LOGGER.warning("WARNING ⚠️ --sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); "
+                   "using per-process BatchNorm")
+    return model
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """DistributedDataParallel on this rank's device (which broadcasts rank 0's weights and buffers)."""
+    cuda = device.type == "cuda"
+    return nn.parallel.DistributedDataParallel(model, device_ids=[LOCAL_RANK] if cuda else None,
+                                               output_device=LOCAL_RANK if cuda else None)
+
+
 def init_ddp(device: torch.device) -> torch.device:
     """Join the torchrun process group (NCCL on CUDA, else gloo); returns this rank's device."""
     if device.type == "cuda":
