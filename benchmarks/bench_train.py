@@ -91,13 +91,9 @@ def grid(a, d: dict, hyp: dict) -> list[dict]:
 def make_step(cfg: str, nc: int, imgsz: int, hyp: dict):
     """(model, step(imgs uint8, targets)) running train.py's optimisation step."""
     model = Model(cfg, nc=nc, verbose=False)
-    h = dict(hyp)
-    nl = model.model[-1].nl
-    h.update(box=h["box"] * 3 / nl, cls=h["cls"] * nc / 80 * 3 / nl, obj=h["obj"] * (imgsz / 640) ** 2 * 3 / nl)
-    model.hyp = h
     model.train()
-    compute_loss = ComputeLoss(model)
-    opt = smart_optimizer(model, "SGD", h["lr0"], h["momentum"], h["weight_decay"])
+    compute_loss = ComputeLoss(model, hyp=hyp, imgsz=imgsz)  # train.py's gains for nl, nc and imgsz
+    opt = smart_optimizer(model, "SGD", hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
     ema = ModelEMA(model)
 
     def step(imgs, targets):

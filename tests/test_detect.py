@@ -97,10 +97,8 @@ def trained(tmp_path_factory) -> Path:
     model = Model(tiny_cfg(), verbose=False)
     model.names = dict(NAMES)
     hyp = yaml.safe_load((ROOT / "data" / "hyps" / "hyp.scratch-low.yaml").read_text())
-    hyp.update(box=hyp["box"], cls=hyp["cls"] * 2 / 80, obj=hyp["obj"] * (S / 640) ** 2)  # train.py's scaling, nl=3
-    model.hyp = hyp
     loader, _ = create_dataloader(str(root / "images"), S, 16, 32, augment=False, workers=0, shuffle=True)
-    loss_fn = ComputeLoss(model)
+    loss_fn = ComputeLoss(model, hyp=hyp, imgsz=S)  # gains scaled to 2 classes and S px, as in train.py
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(24):

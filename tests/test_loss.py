@@ -250,3 +250,31 @@ def test_real_model_if_available():
     loss.backward()
     assert loss.shape == (1,) and torch.isfinite(items).all()
     assert any(q.grad is not None and q.grad.abs().sum() > 0 for q in model.parameters())
+
+
+def test_explicit_hyp_scales_gains_without_changing_it():
+    """ComputeLoss(model, hyp=, imgsz=) (train.py's call) scales box/cls/obj exactly as YOLOv5's train.py does
+    in place, and leaves the hyp dict it was given as it was."""
+    ref = load_reference()
+    given = dict(ref["hyp"])
+    bare = FakeModel(80, {}, ref["anchors_grid_units"], ref["stride"])  # no model.hyp: hyp= is what counts
+    loss, items = ComputeLoss(bare, hyp=given, imgsz=640)(ref["train_outputs"], ref["targets"])
+    # 3 levels, 80 classes, 640 px: every factor is exactly 1.0, so the oracle's numbers hold bit for bit
+    torch.testing.assert_close(loss, ref["loss"], rtol=1e-5, atol=0)
+    torch.testing.assert_close(items, ref["loss_items_box_obj_cls"], rtol=1e-5, atol=0)
+    assert given == ref["hyp"]
+
+    nc, imgsz = 5, 320
+    yolov5 = dict(HYP)  # YOLOv5 train.py: hyp[k] *= factor, after saving hyp.yaml
+    yolov5["box"] *= 3 / 3
+    yolov5["cls"] *= nc / 80 * 3 / 3
+    yolov5["obj"] *= (imgsz / 640) ** 2 * 3 / 3
+    given = dict(HYP)
+    ours = ComputeLoss(FakeModel(nc, {}), hyp=given, imgsz=imgsz)
+    assert given == HYP and all(ours.hyp[k] == yolov5[k] for k in ("box", "cls", "obj"))  # exact: same float ops
+    p = random_outputs(2, nc)
+    _, i_ours = ours(p, TARGETS)
+    _, i_v5 = ComputeLoss(FakeModel(nc, yolov5))(p, TARGETS)
+    assert torch.equal(i_ours, i_v5)
+    with pytest.raises(ValueError, match="needs imgsz"):
+        ComputeLoss(FakeModel(nc, {}), hyp=given)

@@ -111,9 +111,10 @@ def test_loss_falls(data, hyp, tmp_path):
     assert (total[1:] < total[0]).all() and total[-1] < 0.92 * total[0], total
 
 
-def test_flag_combination_freeze_single_cls_multiscale(data, tmp_path):
+def test_flag_combination_freeze_single_cls_multiscale(data, hyp, tmp_path):
     """--freeze keeps layers 0-1 fixed across epochs while the rest trains; --single-cls, --multi-scale, --cos-lr,
-    --label-smoothing, --image-weights, --save-period and AdamW run together."""
+    --label-smoothing, --image-weights, --save-period and AdamW run together. hyp.yaml and the checkpoints keep the
+    hyperparameters as given: the loss gains are scaled (1 class, 64 px) inside ComputeLoss only."""
     opt = train.run(data=data, cfg="yolov5n.yaml", epochs=2, freeze=[2], single_cls=True, multi_scale=True,
                     cos_lr=True, label_smoothing=0.1, image_weights=True, save_period=1, optimizer="AdamW",
                     noplots=True, noautoanchor=True, project=str(tmp_path), **BASE)
@@ -121,6 +122,8 @@ def test_flag_combination_freeze_single_cls_multiscale(data, tmp_path):
     assert opt.status == train.COMPLETED and (w / "epoch0.pt").is_file() and (w / "epoch1.pt").is_file()
     e0, e1 = (torch.load(w / f"epoch{i}.pt", weights_only=True) for i in (0, 1))
     assert e1["names"] == {0: "item"} and e1["yaml"]["nc"] == 1 and e1["hyp"]["label_smoothing"] == 0.1
+    assert e1["hyp"] == {**hyp, "label_smoothing": 0.1}  # cls/obj unscaled although nc = 1 and imgsz = 64
+    assert yaml.safe_load((Path(opt.save_dir) / "hyp.yaml").read_text()) == hyp
     for k in ("model.0.conv.weight", "model.1.bn.weight", "model.1.bn.bias"):
         assert torch.equal(e0["model"][k], e1["model"][k]), k  # frozen
     assert not torch.equal(e0["model"]["model.2.cv1.conv.weight"], e1["model"]["model.2.cv1.conv.weight"])
@@ -178,6 +181,20 @@ def test_resume_latest_and_finished_runs(yolov5n_run, tmp_path):
     assert train.find_latest_run(tmp_path) == newer
     with pytest.raises(FileNotFoundError, match="no last.pt found"):
         train.find_latest_run(tmp_path / "a" / "nothing")
+
+
+def test_resume_run_folder_comes_from_the_file_location(tmp_path):
+    """A checkpoint's stored options cannot choose where the resumed run writes, nor add unknown options."""
+    m = Model("yolov5n.yaml", nc=5, verbose=False)
+    elsewhere = tmp_path / "elsewhere"
+    opt = {**vars(train.parse_opt(argv=[])), "save_dir": str(elsewhere), "epochs": 5, "not_a_flag": 1}
+    sgd = torch.optim.SGD(m.parameters(), lr=0.01)
+    for run_dir, f in ((tmp_path / "exp", tmp_path / "exp/weights/last.pt"), (tmp_path / "cp", tmp_path / "cp/x.pt")):
+        save_checkpoint(make_checkpoint(m, optimizer=sgd, epoch=0, opt=opt), f)
+        o = train.resume_opt(str(f), str(tmp_path))
+        assert Path(o.save_dir) == run_dir.resolve() and o.epochs == 5 and not hasattr(o, "not_a_flag")
+        assert o.weights == str(f.resolve()) and o.resume is True
+    assert not elsewhere.exists()
 
 
 def test_interrupt_before_first_epoch_says_nothing_to_resume(data, tmp_path, capture_log):
@@ -373,3 +390,30 @@ def test_evolve_mutation_respects_limits(hyp):
     hist = np.array([[0.9] + [hyp[k] * 2 for k in keys], [0.1] + [hyp[k] for k in keys]])
     c = train.mutate_hyp(hyp, hist, keys, np.random.default_rng(1), sigma=0.0)
     assert c["lr0"] == pytest.approx(min(hyp["lr0"] * 2, 0.1), rel=0.05)
+
+
+def test_evolve_writes_table_and_best_hyp(data, tmp_path):
+    """--evolve 2: two one-epoch trainings with mutated hyps, one evolve.csv row each, hyp_evolve.yaml the best row."""
+    opt = train.run(data=data, cfg="yolov5n.yaml", epochs=1, evolve=2, noautoanchor=True,
+                    project=str(tmp_path / "train"), **BASE)
+    save_dir = Path(opt.save_dir)
+    assert opt.status == train.COMPLETED and save_dir.parent == tmp_path / "evolve"
+    table = np.loadtxt(save_dir / "evolve.csv", delimiter=",", skiprows=1, ndmin=2)
+    best = yaml.safe_load((save_dir / "hyp_evolve.yaml").read_text())
+    keys = (save_dir / "evolve.csv").read_text().splitlines()[0].split(",")[8:]
+    assert table.shape == (2, 8 + len(keys)) and "lr0" in keys
+    row = table[table[:, 0].argmax()]
+    assert all(best[k] == v for k, v in zip(keys, row[8:]))  # read back from the csv: the same floats
+
+
+def test_training_helpers_at_yolov5_import_paths():
+    """Scripts written for YOLOv5 import these from utils.general / utils.torch_utils; train.X keeps working too."""
+    from utils import training
+    from utils.general import init_seeds, labels_to_class_weights, labels_to_image_weights
+    from utils.torch_utils import EarlyStopping
+    assert (init_seeds, labels_to_class_weights, labels_to_image_weights, EarlyStopping) == (
+        training.init_seeds, training.labels_to_class_weights, training.labels_to_image_weights,
+        training.EarlyStopping)
+    assert train.EarlyStopping is EarlyStopping and train.init_seeds is init_seeds
+    with pytest.raises(ImportError):
+        from utils.general import no_such_helper  # noqa: F401

@@ -47,8 +47,9 @@ def to_plain(v):
 
 
 def make_checkpoint(model, ema=None, optimizer=None, epoch: int = -1, best_fitness: float | None = None,
-                    opt=None, updates: int = 0, extra: dict | None = None) -> dict:
-    """Everything needed to rebuild, evaluate and resume, in weights_only-loadable form."""
+                    opt=None, updates: int = 0, extra: dict | None = None, hyp: dict | None = None) -> dict:
+    """Everything needed to rebuild, evaluate and resume, in weights_only-loadable form. hyp defaults to
+    model.hyp (YOLOv5 keeps it there); train.py passes the hyperparameters as given."""
     from utils.torch_utils import de_parallel
     m = de_parallel(model)
     ckpt = {
@@ -63,7 +64,7 @@ def make_checkpoint(model, ema=None, optimizer=None, epoch: int = -1, best_fitne
         "updates": int(ema.updates if ema is not None else updates),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "opt": to_plain(vars(opt) if hasattr(opt, "__dict__") and not isinstance(opt, dict) else (opt or {})),
-        "hyp": to_plain(getattr(m, "hyp", None)),
+        "hyp": to_plain(getattr(m, "hyp", None) if hyp is None else hyp),
         "date": datetime.datetime.now().isoformat(),
     }
     if extra:

@@ -138,3 +138,15 @@ def clean_str(s: str) -> str:
 
 def emojis(s: str) -> str:
     return s
+
+
+_TRAINING_NAMES = ("init_seeds", "labels_to_class_weights", "labels_to_image_weights")
+
+
+def __getattr__(name: str):
+    """YOLOv5's `from utils.general import init_seeds, labels_to_class_weights`: they live in utils.training,
+    imported on first use (utils.training imports this module)."""
+    if name in _TRAINING_NAMES:
+        from utils import training
+        return getattr(training, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

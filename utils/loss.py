@@ -44,16 +44,37 @@ class FocalLoss(nn.Module):
         return loss
 
 
+def scaled_gains(hyp: dict, nc: int, nl: int, imgsz: int) -> dict[str, float]:
+    """The box/cls/obj loss gains of hyp for this model and image size. YOLOv5's hyp files are tuned for 3 output
+    levels, 80 classes and 640 px: per-level sums grow with the levels, class BCE with the classes and objectness
+    with the cell count (spec: Loss). The factor is formed first, as YOLOv5's in-place `hyp[k] *= ...` does, so the
+    gains match its float values exactly."""
+    return {"box": hyp["box"] * (3 / nl),
+            "cls": hyp["cls"] * (nc / 80 * 3 / nl),
+            "obj": hyp["obj"] * ((imgsz / 640) ** 2 * 3 / nl)}
+
+
 class ComputeLoss:
-    """YOLOv5 training loss over the raw per-level Detect outputs (Jocher et al., YOLOv5 v6/v7)."""
+    """YOLOv5 training loss over the raw per-level Detect outputs (Jocher et al., YOLOv5 v6/v7).
+
+    ComputeLoss(model, hyp=hyp, imgsz=640) takes the hyperparameters as written in a hyp file and scales the
+    box/cls/obj gains itself (scaled_gains; hyp is not changed). ComputeLoss(model) reads model.hyp as gains that are
+    already scaled, the way YOLOv5's train.py leaves them.
+    """
 
     sort_obj_iou = False
 
-    def __init__(self, model: nn.Module, autobalance: bool = False):
+    def __init__(self, model: nn.Module, autobalance: bool = False, hyp: dict | None = None,
+                 imgsz: int | None = None):
         m = de_parallel(model).model[-1]  # Detect head
         first = next(model.parameters(), None) if isinstance(model, nn.Module) else None
         device = first.device if first is not None else m.anchors.device
-        h = model.hyp
+        if hyp is None:
+            h = model.hyp
+        else:
+            if imgsz is None:
+                raise ValueError("ComputeLoss(hyp=...) needs imgsz: the objectness gain scales with the image size")
+            h = {**hyp, **scaled_gains(hyp, m.nc, m.nl, imgsz)}
 
         bce_cls = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([h["cls_pw"]], device=device))
         bce_obj = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([h["obj_pw"]], device=device))

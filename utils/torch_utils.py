@@ -56,11 +56,14 @@ def initialize_weights(model: nn.Module) -> None:
 
 
 def __getattr__(name: str):
-    """YOLOv5's `from utils.torch_utils import fuse_conv_and_bn`: the layer lives in models.layers, imported on
-    first use so that utils does not import models when it is loaded."""
+    """YOLOv5's `from utils.torch_utils import fuse_conv_and_bn` (or EarlyStopping): the layer lives in models.layers
+    (the helpers in utils.training), imported on first use so that loading utils imports neither."""
     if name == "fuse_conv_and_bn":
         from models.layers import fuse_conv_and_bn
         return fuse_conv_and_bn
+    if name in ("EarlyStopping", "init_seeds"):  # YOLOv5's homes of these training helpers
+        from utils import training
+        return getattr(training, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
