@@ -1,4 +1,4 @@
-"""Export a trained detector to ONNX and TorchScript for deployment (phones, boards, NPUs, servers).
+"""Export a trained detector to ONNX, TorchScript, OpenVINO, ncnn and MNN for deployment (phones, boards, NPUs).
 
 Usage:
     python export.py --weights best.pt --include onnx                      # best.onnx next to best.pt
@@ -6,16 +6,22 @@ Usage:
     python export.py --weights best.pt --include onnx --nms --conf-thres 0.25   # graph ends in NMS
     python export.py --weights best.pt --include onnx --raw                # per-level raw head outputs (NPUs)
     python export.py --weights best.pt --include onnx --int8 --data shapes.yaml --imgsz 256   # + best_int8.onnx
+    python export.py --weights best.pt --include openvino ncnn mnn --imgsz 320   # best_openvino_model/, ...
 
 The exported graph is the fused model (BatchNorm folded, RepVGG re-parameterised). Input `images` is
 (N, 3, H, W) float 0-1 RGB; output `output0` is the decoded (N, A, nc+5) tensor x, y, w, h (pixels), obj,
 class scores. Every file carries its stride, class names and model yaml, so detect.py and val.py run it
-directly (`--weights best.onnx`, backend chosen by suffix in utils/backends.py).
+directly (`--weights best.onnx`, backend chosen by suffix in utils/backends.py). OpenVINO and ncnn exports are
+folders (`best_openvino_model/`, `best_ncnn_model/`) with a metadata.yaml; MNN is `best.mnn` + `best.mnn.yaml`.
+Every export is run in its runtime (utils/runtimes.py) and compared with the PyTorch model before it is reported.
+The library code is in utils/export/; this file is run() and its command line.
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,10 +36,21 @@ from utils.export import (DEFAULT_CALIB_IMAGES, ExportError, export_metadata, ex
                           export_torchscript, int8_activation_note, letterbox_rgb, load_model, quantize_int8,
                           require_onnx)
 from utils.export import int8 as _int8  # noqa: E402
+from utils.export.graphs import classic_shuffle, output_names  # noqa: E402
+from utils.export.mnn import export_mnn  # noqa: E402
+from utils.export.ncnn import export_ncnn  # noqa: E402
+from utils.export.ncnn import require_pnnx as require_ncnn  # noqa: E402
+from utils.export.openvino import export_openvino  # noqa: E402
+from utils.export.verify import RTOL, reference_inputs, verify_export  # noqa: E402
+from utils.runtimes import require as require_runtime  # noqa: E402
 from utils.general import LOGGER, check_img_size, colorstr, first_line  # noqa: E402
 from utils.torch_utils import select_device  # noqa: E402
 
-FORMATS = {"torchscript": ".torchscript", "onnx": ".onnx"}  # --include name -> file suffix
+# --include name -> file suffix, or folder-name suffix for the runtimes whose model is several files
+FORMATS = {"torchscript": ".torchscript", "onnx": ".onnx", "openvino": "_openvino_model", "ncnn": "_ncnn_model",
+           "mnn": ".mnn"}
+RUNTIME_FORMATS = ("openvino", "ncnn", "mnn")  # converted from the fused model, verified in a child process
+TITLES = {"torchscript": "TorchScript", "onnx": "ONNX", "openvino": "OpenVINO", "ncnn": "ncnn", "mnn": "MNN"}
 
 
 def parse_include(include) -> list[str]:
@@ -60,14 +77,52 @@ def compare_int8(fp32_file: Path, int8_file: Path, data, imgsz: int, workers: in
     return _int8.compare_int8(Path(fp32_file), Path(int8_file), validate)
 
 
+def _temp_onnx(model, im, stem: Path, opset: int, dynamic: bool, graph: str, meta: dict) -> Path:
+    """The fused model's ONNX for OpenVINO and MNN, in a temporary folder beside the outputs. Channel shuffles are
+    written as view-transpose-reshape here: OpenVINO 2026.4 computes the gather form wrongly (rel. diff 7e-2 on
+    yolov5n_ShuffleNetV2), while the .onnx for ONNX Runtime keeps the faster gather."""
+    d = Path(tempfile.mkdtemp(prefix=stem.name + ".onnx.", dir=stem.parent))
+    with classic_shuffle(model):
+        return export_onnx(model, im, d / f"{stem.stem}.onnx", opset, dynamic, False, graph, None, meta)
+
+
+def _export_one(fmt: str, model, im, out: Path, src, opset: int, dynamic: bool, simplify: bool, graph: str,
+                nms_args: dict, meta: dict, prefix: str) -> None:
+    """Write one format; unexpected converter errors become a one-line ExportError naming the format."""
+    try:
+        if fmt == "onnx":
+            import onnx
+            LOGGER.info(f"{prefix} starting export with onnx {onnx.__version__} opset {opset}...")
+            export_onnx(model, im, out, opset, dynamic, simplify, graph, nms_args, meta)
+        elif fmt == "torchscript":
+            LOGGER.info(f"{prefix} starting export with torch {torch.__version__}...")
+            export_torchscript(model, im, out, graph, nms_args, meta)
+        elif fmt == "openvino":
+            LOGGER.info(f"{prefix} starting export with openvino {require_runtime('openvino').__version__}...")
+            export_openvino(src, out, meta)
+        elif fmt == "ncnn":
+            LOGGER.info(f"{prefix} starting export with pnnx (TorchScript trace) ...")
+            export_ncnn(model, im, out, meta, graph)
+        else:
+            LOGGER.info(f"{prefix} starting export with MNN {require_runtime('mnn').version()}...")
+            export_mnn(src, out, meta, output_names(model, graph))
+    except (ExportError, ImportError):
+        raise
+    except Exception as e:
+        raise ExportError(f"{fmt} export of {out.name} failed: {type(e).__name__}: {first_line(e)}") from e
+
+
 def run(weights=ROOT / "yolov5s.pt", imgsz=(640, 640), batch_size: int = 1, device: str = "cpu",
         include=("torchscript", "onnx"), half: bool = False, dynamic: bool = False, simplify: bool = False,
         opset: int = 17, nms: bool = False, raw: bool = False, int8: bool = False, data=None,
         conf_thres: float = 0.25, iou_thres: float = 0.45, max_det: int = 100, agnostic_nms: bool = False,
         calib_images: int = DEFAULT_CALIB_IMAGES, file=None, check_int8: bool = True,
-        int8_head_convs: bool = False) -> list[str]:
+        int8_head_convs: bool = False, verify: bool = True) -> list[str]:
     """Export weights to each format in include; returns the written files (next to the weights, e.g.
-    best.pt -> best.onnx, best.torchscript, best_int8.onnx). `file` overrides the output stem."""
+    best.pt -> best.onnx, best.torchscript, best_openvino_model/, best_ncnn_model/, best.mnn, best_int8.onnx).
+    `file` overrides the output stem. verify: run each export in its runtime on a letterboxed image and on random
+    input and fail (ExportError naming the format) where it differs from the PyTorch model by more than
+    float32 rounding (utils.export.verify.RTOL)."""
     t0 = time.time()
     fmts = parse_include(include)
     if nms and raw:
@@ -87,8 +142,14 @@ def run(weights=ROOT / "yolov5s.pt", imgsz=(640, 640), batch_size: int = 1, devi
             raise ExportError("--int8 needs --data (a dataset yaml) for its calibration images")
         if graph != "decoded":
             raise ExportError("--int8 is for the decoded graph; drop --nms/--raw (run NMS after the INT8 model)")
-    if "onnx" in fmts:
+    rt = [f for f in fmts if f in RUNTIME_FORMATS]
+    if rt and (graph == "nms" or half):
+        raise ExportError(f"--include {' '.join(rt)} takes the float32 decoded or --raw graph; drop "
+                          f"{'--nms (run NMS after the model)' if graph == 'nms' else '--half'}")
+    if "onnx" in fmts or "openvino" in fmts or "mnn" in fmts:
         require_onnx(runtime=int8)
+    for f in rt:  # a missing package is an error before any work, naming what to install
+        require_ncnn() if f == "ncnn" else require_runtime(f)
     imgsz = list(imgsz) if isinstance(imgsz, (list, tuple)) else [imgsz]
     imgsz = (imgsz * 2)[:2] if len(imgsz) == 1 else imgsz
     if len(imgsz) != 2:
@@ -110,25 +171,30 @@ def run(weights=ROOT / "yolov5s.pt", imgsz=(640, 640), batch_size: int = 1, devi
     LOGGER.info(f"\n{colorstr('PyTorch:')} starting from {stem.with_suffix('.pt')} with input shape "
                 f"{tuple(im.shape)} BCHW and output shape {shape} ({graph} graph)")
     written = []
-    for fmt in fmts:
-        out = stem.with_suffix(FORMATS[fmt])
-        t = time.time()
-        prefix = colorstr(f"{'TorchScript' if fmt == 'torchscript' else 'ONNX'}:")
-        try:
-            if fmt == "onnx":
-                import onnx
-                LOGGER.info(f"{prefix} starting export with onnx {onnx.__version__} opset {opset}...")
-                export_onnx(model, im, out, opset, dynamic, simplify, graph, nms_args, meta)
-            else:
-                LOGGER.info(f"{prefix} starting export with torch {torch.__version__}...")
-                export_torchscript(model, im, out, graph, nms_args, meta)
-        except (ExportError, ImportError):
-            raise
-        except Exception as e:
-            raise ExportError(f"{fmt} export of {stem.name} failed: {type(e).__name__}: {first_line(e)}") from e
-        LOGGER.info(f"{prefix} export success ✅ {time.time() - t:.1f}s, saved as {out} "
-                    f"({out.stat().st_size / 1e6:.1f} MB)")
-        written.append(str(out))
+    inputs = reference_inputs(imgsz, batch_size, seed=0) if verify and graph != "nms" and not half else None
+    onnx_tmp = None
+    try:
+        for fmt in fmts:
+            out = stem.with_suffix(FORMATS[fmt]) if FORMATS[fmt].startswith(".") else \
+                stem.with_name(stem.stem + FORMATS[fmt])
+            t = time.time()
+            prefix = colorstr(f"{TITLES[fmt]}:")
+            src = None
+            if fmt in ("openvino", "mnn"):
+                onnx_tmp = onnx_tmp or _temp_onnx(model, im, stem, opset, dynamic, graph, meta)
+                src = onnx_tmp
+            _export_one(fmt, model, im, out, src, opset, dynamic, simplify, graph, nms_args, meta, prefix)
+            size = sum(p.stat().st_size for p in out.rglob("*")) if out.is_dir() else out.stat().st_size
+            LOGGER.info(f"{prefix} export success ✅ {time.time() - t:.1f}s, saved as {out} ({size / 1e6:.1f} MB)")
+            if inputs is not None:
+                diffs = verify_export(fmt, out, model, inputs, graph)
+                LOGGER.info(f"{prefix} verified in {TITLES[fmt] if fmt in RUNTIME_FORMATS else fmt + ' runtime'}: "
+                            f"max rel. diff vs PyTorch {', '.join(f'{k} {v:.2g}' for k, v in diffs.items())} "
+                            f"(tolerance {RTOL:g})")
+            written.append(str(out))
+    finally:
+        if onnx_tmp is not None:
+            shutil.rmtree(onnx_tmp.parent, ignore_errors=True)
     if int8:
         fp32 = stem.with_suffix(".onnx")
         q = stem.with_name(stem.stem + "_int8.onnx")
@@ -157,7 +223,8 @@ def run(weights=ROOT / "yolov5s.pt", imgsz=(640, 640), batch_size: int = 1, devi
 
 
 def parse_opt(argv=None):
-    parser = argparse.ArgumentParser(description="Export a YOLOv5-lite checkpoint to ONNX / TorchScript")
+    parser = argparse.ArgumentParser(description="Export a YOLOv5-lite checkpoint to ONNX, TorchScript, OpenVINO, "
+                                                 "ncnn or MNN")
     parser.add_argument("--data", type=str, default=None, help="dataset.yaml (INT8 calibration and mAP check)")
     parser.add_argument("--weights", nargs="+", type=str, default=[str(ROOT / "yolov5s.pt")], help="model.pt path")
     parser.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640, 640], help="image (h, w)")
@@ -181,7 +248,9 @@ def parse_opt(argv=None):
     parser.add_argument("--conf-thres", type=float, default=0.25, help="--nms: confidence threshold")
     parser.add_argument("--iou-thres", type=float, default=0.45, help="--nms: NMS IoU threshold")
     parser.add_argument("--max-det", "--topk-all", type=int, default=100, help="--nms: max detections per image")
-    parser.add_argument("--include", nargs="+", default=["torchscript", "onnx"], help="torchscript, onnx")
+    parser.add_argument("--no-verify", action="store_true", help="skip running each export against PyTorch")
+    parser.add_argument("--include", nargs="+", default=["torchscript", "onnx"],
+                        help="torchscript, onnx, openvino, ncnn, mnn")
     return parser.parse_args(argv)
 
 
@@ -192,7 +261,8 @@ def main(opt) -> int:
                 half=opt.half, dynamic=opt.dynamic, simplify=opt.simplify, opset=opt.opset, nms=opt.nms, raw=opt.raw,
                 int8=opt.int8, data=opt.data, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres,
                 max_det=opt.max_det, agnostic_nms=opt.agnostic_nms, calib_images=opt.calib_images,
-                check_int8=not opt.no_int8_check, int8_head_convs=opt.int8_head_convs)
+                check_int8=not opt.no_int8_check, int8_head_convs=opt.int8_head_convs,
+                verify=not opt.no_verify)
     except (ExportError, ImportError, FileNotFoundError, ValueError) as e:
         LOGGER.error(f"ERROR: {first_line(e)}")
         return 1

@@ -139,3 +139,18 @@ def output_names(model: nn.Module, graph: str) -> list[str]:
     if isinstance(m, Segment):
         return ["output0", "output1"]
     return ["output0"]
+
+
+@contextlib.contextmanager
+def classic_shuffle(model: nn.Module):
+    """Write every channel shuffle of this model as view-transpose-reshape for the duration of a trace (pnnx maps
+    that to ncnn's ShuffleChannel; the default gather is faster in PyTorch and ONNX Runtime but unsupported by
+    pnnx). The same permutation, so outputs are equal; set on these instances only, restored afterwards."""
+    blocks = [m for m in model.modules() if getattr(type(m), "gather_shuffle", None) is True]
+    for m in blocks:
+        m.gather_shuffle = False
+    try:
+        yield model
+    finally:
+        for m in blocks:
+            m.__dict__.pop("gather_shuffle", None)
