@@ -171,7 +171,12 @@ def run(weights=ROOT / "yolov5s.pt", imgsz=(640, 640), batch_size: int = 1, devi
     LOGGER.info(f"\n{colorstr('PyTorch:')} starting from {stem.with_suffix('.pt')} with input shape "
                 f"{tuple(im.shape)} BCHW and output shape {shape} ({graph} graph)")
     written = []
-    inputs = reference_inputs(imgsz, batch_size, seed=0) if verify and graph != "nms" and not half else None
+    inputs = None
+    if verify and graph != "nms" and not half:  # a real image: the dataset's first val image, else a generated one
+        image = _int8.calibration_files(data, 1, split="val")[0] if data is not None else None
+        inputs = reference_inputs(imgsz, batch_size, image=image, seed=0)
+    elif verify:
+        LOGGER.info(f"export check skipped: {'an --nms graph returns a varying set of rows' if nms else '--half'}")
     onnx_tmp = None
     try:
         for fmt in fmts:
