@@ -149,7 +149,10 @@ def run(weights=ROOT / "yolov5s.pt", imgsz=(640, 640), batch_size: int = 1, devi
     if "onnx" in fmts or "openvino" in fmts or "mnn" in fmts:
         require_onnx(runtime=int8)
     for f in rt:  # a missing package is an error before any work, naming what to install
-        require_ncnn() if f == "ncnn" else require_runtime(f)
+        if f == "ncnn":
+            require_ncnn()
+        if f != "ncnn" or verify:  # ncnn's own package runs the check; pnnx alone converts
+            require_runtime(f)
     imgsz = list(imgsz) if isinstance(imgsz, (list, tuple)) else [imgsz]
     imgsz = (imgsz * 2)[:2] if len(imgsz) == 1 else imgsz
     if len(imgsz) != 2:

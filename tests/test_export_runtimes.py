@@ -147,7 +147,7 @@ def test_run_exports_verifies_and_runners_read_metadata(checkpoint, log_lines):
 
 # ------------------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("fmt,module,pkg", [("openvino", "openvino", "openvino"), ("ncnn", "pnnx", "pnnx"),
-                                            ("mnn", "MNN", "MNN")])
+                                            ("ncnn", "ncnn", "ncnn"), ("mnn", "MNN", "MNN")])
 def test_missing_runtime_package_says_what_to_install(checkpoint, monkeypatch, fmt, module, pkg):
     monkeypatch.setitem(sys.modules, module, None)  # as if the package were not installed
     with pytest.raises(ImportError, match=f"pip install {pkg}"):
