@@ -155,6 +155,12 @@ def test_missing_runtime_package_says_what_to_install(checkpoint, monkeypatch, f
     assert export.main(export.parse_opt(["--weights", str(checkpoint), "--include", fmt])) == 1
 
 
+def test_missing_nncf_for_openvino_int8(checkpoint, monkeypatch):
+    monkeypatch.setitem(sys.modules, "nncf", None)
+    with pytest.raises(ImportError, match="OpenVINO INT8 needs nncf: pip install nncf"):
+        export.run(weights=checkpoint, imgsz=(S, S), include=("openvino",), int8=True, data="unused.yaml")
+
+
 def test_runtime_formats_reject_nms_and_half(checkpoint):
     with pytest.raises(export.ExportError, match="--include ncnn takes the float32 decoded or --raw graph"):
         export.run(weights=checkpoint, imgsz=(S, S), include=("ncnn",), nms=True)
@@ -219,3 +225,26 @@ def test_mismatch_above_tolerance_fails_naming_the_format(outdir):
     finally:
         with torch.no_grad():
             model.model[-1].m[0].bias.sub_(1e-2)
+
+
+# ----------------------------------------------------------------------------------------------- OpenVINO INT8
+@pytest.mark.skipif("openvino" in MISSING or importlib.util.find_spec("nncf") is None,
+                    reason="needs openvino and nncf: pip install openvino nncf")
+def test_openvino_int8_quantises_backbone_and_keeps_head_float(checkpoint, tmp_path):
+    from tests.test_export import _write_dataset
+    model = load_model(checkpoint, torch.device("cpu"))
+    data = _write_dataset(tmp_path / "data", model)
+    files = export.run(weights=checkpoint, imgsz=(S, S), include=("openvino",), int8=True, data=data,
+                       calib_images=4, file=tmp_path / "q", check_int8=False)
+    assert [Path(f).name for f in files] == ["q_openvino_model", "q_int8_openvino_model"]
+    q = Path(files[1])
+    xml = next(q.glob("*.xml")).read_text()
+    fq = [line for line in xml.splitlines() if 'type="FakeQuantize"' in line]
+    head = len(model.model) - 1
+    assert len(fq) > 20 and not [x for x in fq if f"/model.{head}/" in x]  # backbone/neck INT8, head float
+    r8, r32 = OpenVINORunner(q, threads=1), OpenVINORunner(files[0], threads=1)
+    assert r8.metadata["int8"] is True and r8.metadata["names"] == {0: "a", 1: "b", 2: "c"}
+    x = reference_inputs((S, S))["image"]
+    y8, y32 = r8(x)[0], r32(x)[0]
+    assert y8.shape == y32.shape and 0 < np.abs(y8 - y32).max()  # quantised: close, not equal
+    assert np.abs(y8[..., 4:] - y32[..., 4:]).max() < 0.5
