@@ -174,10 +174,15 @@ def round_channels(v: float, divisor: int = 8, min_value: int | None = None) -> 
     return new_v + divisor if new_v < 0.9 * v else new_v
 
 
-def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
+def channel_shuffle(x: torch.Tensor, groups: int = 2, gather: bool = True) -> torch.Tensor:
     """Interleave channel groups so information crosses the two branches (ShuffleNet, Zhang et al., 2018).
-    A gather of channels rather than view-transpose-reshape: the same permutation, about 2x faster on
-    channels_last tensors, and one ONNX Gather instead of three ops (fewer layout transposes in INT8 graphs)."""
+    gather=True: a gather of channels rather than view-transpose-reshape: the same permutation, about 2x faster on
+    channels_last tensors, and one ONNX Gather instead of three ops (fewer layout transposes in INT8 graphs).
+    gather=False: the classic view-transpose-reshape, which converters map to one channel-shuffle layer (pnnx makes
+    ncnn's ShuffleChannel of it, while its index_select is unsupported and leaves an ncnn graph that crashes)."""
+    if not gather:
+        n, c, h, w = x.shape
+        return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
     c = x.shape[1]
     order = torch.arange(c, device=x.device).view(groups, c // groups).t().reshape(-1)
     return x.index_select(1, order)

@@ -29,6 +29,7 @@ class ShuffleNetV2_Block(nn.Module):  # noqa: N801
     The 1x1 convs use the paper's ReLU unless `act` or the yaml's ``activation:`` says otherwise; the depthwise
     convs stay linear, as in the paper."""
     yaml_args = "channels"
+    gather_shuffle = True  # channel shuffle as a gather; utils.export.graphs.classic_shuffle flips it per instance
 
     def __init__(self, c1: int, c2: int, s: int = 1, act=None):
         super().__init__()
@@ -52,7 +53,7 @@ class ShuffleNetV2_Block(nn.Module):  # noqa: N801
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1, x2 = x.chunk(2, dim=1) if self.s == 1 else (x, x)
-        return channel_shuffle(torch.cat((self.branch1(x1), self.branch2(x2)), 1), 2)
+        return channel_shuffle(torch.cat((self.branch1(x1), self.branch2(x2)), 1), 2, self.gather_shuffle)
 
 
 register(ShuffleNetV2_Block, name="Shuffle_Block")  # the name YOLOv5-Lite style yamls use

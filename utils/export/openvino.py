@@ -1,0 +1,27 @@
+"""OpenVINO IR writer: the fused model's ONNX converted by openvino.convert_model into a `<stem>_openvino_model/`
+folder (<stem>.xml, <stem>.bin, metadata.yaml as YOLOv5 lays it out), weights kept float32."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from utils.runtimes import METADATA_FILE, require, write_metadata
+
+
+def export_openvino(onnx_file: str | Path, folder: str | Path, metadata: dict) -> Path:
+    """Convert onnx_file into folder (replaced whole, so a failed conversion leaves no half-written model)."""
+    ov = require("openvino")
+    folder = Path(folder)
+    stem = folder.name.removesuffix("_openvino_model") or "model"
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    try:
+        m = ov.convert_model(str(onnx_file))
+        ov.save_model(m, str(tmp / f"{stem}.xml"), compress_to_fp16=False)  # float32, as exported
+        write_metadata(tmp / METADATA_FILE, metadata)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
