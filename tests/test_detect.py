@@ -1,7 +1,7 @@
 """detect.py, the sources and the Python/torch.hub API on generated images and videos.
 
 Two models: an untrained tiny one with conf_thres 0 and a small max_det, so every image yields a known number of
-boxes (file-output tests), and one trained for ~20 s on generated squares/circles that must find its objects.
+boxes (file-output tests), and one trained for ~15 s on generated squares/circles that must find its objects.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import yaml
 
 from detect import main, parse_opt, run
 from models.yolo import Model
+from tests.detections import FP32_BOX_REL, FP32_SCORE_TOL, compare_detections
 from utils.boxes import box_iou_np, xywhn2xyxy
 from utils.checkpoint import make_checkpoint, save_checkpoint
 from utils.predictor import load
@@ -79,37 +80,49 @@ def untrained(tmp_path_factory) -> Path:
     return save_checkpoint(make_checkpoint(model), tmp_path_factory.mktemp("w") / "untrained.pt")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A tiny YOLOv5 trained for 24 epochs on 128 generated 64 px images (single thread: ~20 s)."""
+def train_tiny(root: Path, seed: int = 0, n: int = 256, epochs: int = 20) -> Path:
+    """A tiny YOLOv5 trained on n generated 64 px images (320 Adam steps, single thread: ~15 s); returns best.pt.
+
+    Chosen for a wide margin, not speed: with lr decayed linearly to 0 the last steps cannot undo the fit, and
+    box/obj gains above train.py's 64 px scaling (obj 0.007) train localisation and background objectness within
+    the budget. Over torch seeds 0-5 at 1 and 2 threads, every test image's top box had IoU >= 0.82 with the drawn
+    shape (tests need 0.5) and the right class, true scores >= 0.86 and false ones <= 0.22 (conf 0.25 cuts them).
+    """
     from utils.dataloaders import create_dataloader
     from utils.loss import ComputeLoss
-    root = tmp_path_factory.mktemp("shapes")
-    (root / "images").mkdir()
+    (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
     rng = np.random.default_rng(0)
-    for i in range(128):
+    for i in range(n):
         im, c, b = draw(rng)
         cv2.imwrite(str(root / "images" / f"{i}.png"), im)
         (x, y), (w, h) = (b[:2] + b[2:]) / 2 / S, (b[2:] - b[:2]) / S
         (root / "labels" / f"{i}.txt").write_text(f"{c} {x} {y} {w} {h}\n")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = Model(tiny_cfg(), verbose=False)
     model.names = dict(NAMES)
     hyp = yaml.safe_load((ROOT / "data" / "hyps" / "hyp.scratch-low.yaml").read_text())
-    hyp.update(box=hyp["box"], cls=hyp["cls"] * 2 / 80, obj=hyp["obj"] * (S / 640) ** 2)  # train.py's scaling, nl=3
+    hyp.update(box=0.1, cls=hyp["cls"] * 2 / 80, obj=0.05)
     model.hyp = hyp
-    loader, _ = create_dataloader(str(root / "images"), S, 16, 32, augment=False, workers=0, shuffle=True)
+    loader, _ = create_dataloader(str(root / "images"), S, 16, 32, augment=False, workers=0, shuffle=True, seed=seed)
     loss_fn = ComputeLoss(model)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    steps = epochs * len(loader)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 - k / steps)
     model.train()
-    for _ in range(24):
+    for _ in range(epochs):
         for ims, targets, _, _ in loader:
             loss, _ = loss_fn(model(ims.float() / 255), targets)
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sched.step()
     return save_checkpoint(make_checkpoint(model.eval()), root / "best.pt")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    return train_tiny(tmp_path_factory.mktemp("shapes"))
 
 
 @pytest.fixture
@@ -351,23 +364,26 @@ def test_exported_and_yolov5_weights_match_pytorch(trained, tmp_path, monkeypatc
     ims = [draw(rng)[0] for _ in range(4)]
     ref = load(trained, imgsz=S)(ims)
     assert all(len(d) for d in ref)
+    # one fp32 model in three runtimes (FP32_* in tests/detections.py); boxes come back rounded to whole pixels, so
+    # a float error can move a coordinate by 1 px
+    tol = dict(score_tol=FP32_SCORE_TOL, box_tol=1.0 + S * FP32_BOX_REL, conf_thres=0.25, iou_thres=0.45)
     w = tmp_path / "m.pt"
     w.write_bytes(Path(trained).read_bytes())
     files = export.run(w, imgsz=(S, S), include=("onnx", "torchscript"))
     for f in files:
-        out = load(f, imgsz=S)(ims)
-        for a, b in zip(ref, out):
-            assert len(a) == len(b) and (a.cls == b.cls).all()
-            np.testing.assert_allclose(a.xyxy, b.xyxy, atol=1.0)
+        matched, _ = compare_detections(load(f, imgsz=S)(ims), ref, **tol)
+        assert matched >= len(ims)  # every image's detections, not only near-ties
     from tests.test_checkpoint import _save_like_yolov5
     model = Model(tiny_cfg(), verbose=False)
     model.load_state_dict(torch.load(trained, weights_only=True)["model"])
     model.names = dict(NAMES)
     y5 = tmp_path / "yolov5_format.pt"
     _save_like_yolov5(model, y5, monkeypatch)
+    # YOLOv5 stores fp16 weights: the reference is our own checkpoint of the same fp16-rounded weights, so what is
+    # compared is the loader, in fp32 on both sides
+    model.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in model.state_dict().items()})
+    rounded = save_checkpoint(make_checkpoint(model), tmp_path / "rounded.pt")
     out = load(y5, imgsz=S)(ims)
-    for a, b in zip(ref, out):  # fp16-stored weights: compare each image's most confident box
-        assert b.names == NAMES and len(b)
-        i, j = a.conf.argmax(), b.conf.argmax()
-        assert a.cls[i] == b.cls[j] and abs(a.conf[i] - b.conf[j]) < 0.02
-        np.testing.assert_allclose(a.xyxy[i], b.xyxy[j], atol=1.5)
+    assert all(b.names == NAMES for b in out)
+    matched, _ = compare_detections(out, load(rounded, imgsz=S)(ims), **tol)
+    assert matched >= len(ims)

@@ -27,7 +27,7 @@ import export  # noqa: E402
 from models.yolo import Model  # noqa: E402
 from utils.backends import BackendError, DetectBackend, decode_raw, parse_names  # noqa: E402
 from utils.nms import non_max_suppression  # noqa: E402
-from tests.detections import compare_detections  # noqa: E402
+from tests.detections import FP32_BOX_REL, FP32_SCORE_TOL, compare_detections  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 onnx = pytest.importorskip("onnx")
@@ -176,15 +176,9 @@ def test_torchscript_matches_fused_pytorch(name, outdir):
 NANO = "yolov5n_MobileNetV3.yaml" if (ROOT / "models" / "yolov5n_MobileNetV3.yaml").is_file() else "yolov5n.yaml"
 
 
-# Raw outputs of the fused PyTorch model, its ONNX graph and its TorchScript agree within 1e-4 in every obj/class
-# score and within 1e-4 of the box scale (assert_same_predictions, for every yaml): fp32 rounding (6e-8) summed
-# over fan-ins of ~10^3 through ~30 layers stays below that. conf = obj * cls then differs by <= 2e-4, so rows
-# within that of a decision are near-ties (tests/detections.py).
-SCORE_TOL = 2e-4
-
-
 def _box_tol(ref: list[torch.Tensor]) -> float:
-    return 1e-4 * max([float(r[:, :4].abs().max()) for r in ref if len(r)] + [1.0])
+    """FP32_BOX_REL of the largest box coordinate (the box scale assert_same_predictions uses)."""
+    return FP32_BOX_REL * max([float(r[:, :4].abs().max()) for r in ref if len(r)] + [1.0])
 
 
 def test_nms_graph_returns_python_nms_boxes(outdir):
@@ -209,7 +203,7 @@ def test_nms_graph_returns_python_nms_boxes(outdir):
             assert b.end2end and b.format == "nms"
             with torch.no_grad():
                 got = b(x)
-            matched, _ = compare_detections(got, ref, score_tol=SCORE_TOL, box_tol=_box_tol(ref), max_det=max_det,
+            matched, _ = compare_detections(got, ref, score_tol=FP32_SCORE_TOL, box_tol=_box_tol(ref), max_det=max_det,
                                             agnostic=agnostic, conf_thres=args["conf_thres"],
                                             iou_thres=args["iou_thres"])
             assert matched >= 0.9 * sum(len(r) for r in ref)  # near-ties are a few rows, not most of them
@@ -495,7 +489,7 @@ def test_detect_on_exported_file_agrees_with_pt(checkpoint, tiny_data, tmp_path)
     ref = [as_det(labels["pt"][k]) if k in labels["pt"] else none for k in stems]
     # detect.py rounds boxes to whole pixels, so a float error can move a coordinate by 1 px; the label files'
     # %g (6 digits) adds < 1e-4 px and 1e-6 to the score
-    matched, _ = compare_detections(got, ref, score_tol=SCORE_TOL + 1e-6, box_tol=1.0 + 64 * 1e-4 + 1e-4,
+    matched, _ = compare_detections(got, ref, score_tol=FP32_SCORE_TOL + 1e-6, box_tol=1.0 + 64 * FP32_BOX_REL + 1e-4,
                                     conf_thres=0.3, iou_thres=0.45)
     assert matched >= 0.8 * sum(len(r) for r in ref)
 
