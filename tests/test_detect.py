@@ -285,9 +285,13 @@ def test_api_accepts_paths_arrays_pil_tensors_and_batches(untrained, images):
     variants = [model(path), model(bgr), model(rgb, rgb=True), model(Image.open(path)),
                 model(torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255), model([bgr, bgr]),
                 model(np.stack([bgr, bgr]))]
+    # the untrained model's scores tie exactly at the max_det cut (3rd and 4th), so the same image in another
+    # batch size or container may keep either tied box: compare up to near-ties, with the fp32 bound of two
+    # evaluations of one model (tests/detections.py) and whole-pixel rounding of the boxes
+    tol = dict(score_tol=FP32_SCORE_TOL, box_tol=1.0 + 80 * FP32_BOX_REL, conf_thres=0.0, iou_thres=0.45, max_det=3)
     for out in variants:
-        for det in out:
-            np.testing.assert_allclose(det.boxes, ref.boxes, atol=1e-4)
+        assert all(len(det) == 3 for det in out)
+        assert compare_detections(out, [ref] * len(out), **tol)[0] >= 2 * len(out)
     mixed = model([bgr, cv2.imread(str(images / "im0.jpg")), np.zeros((40, 30), np.uint8)])
     assert [d.shape for d in mixed] == [(64, 80), (64, 64), (40, 30)]
     assert all((d.xyxy[:, [0, 2]] <= d.shape[1]).all() and (d.xyxy[:, [1, 3]] <= d.shape[0]).all() for d in mixed)
