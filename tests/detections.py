@@ -84,8 +84,8 @@ def _excused(a: np.ndarray, unmatched: np.ndarray, other: np.ndarray, other_loos
         same_box = np.abs(a[:, None, :4] - other[None, :, :4]).max(2) <= box_tol
         near = np.abs(a[:, None, 4] - other[None, :, 4]) <= score_tol
         ok |= (same_box & near & (a[:, None, 5] != other[None, :, 5])).any(1)  # tied class scores
-        # any class competes, even in per-class NMS: a row whose class scores tie may join another class's group
-        # and be suppressed there by a higher box of that class
+        # in per-class NMS a row whose class scores tie may join another class's group and be suppressed there by
+        # a higher box of that class
         iou, tol = _iou(a[:, :4], other[:, :4]), _iou_tol(a[:, :4], other[:, :4], box_tol)
         overlap = iou > iou_thres - tol
         cross = np.zeros_like(overlap) if agnostic else a[:, None, 5] != other[None, :, 5]
