@@ -85,8 +85,10 @@ def train_tiny(root: Path, seed: int = 0, n: int = 256, epochs: int = 20) -> Pat
 
     Chosen for a wide margin, not speed: with lr decayed linearly to 0 the last steps cannot undo the fit, and
     box/obj gains above train.py's 64 px scaling (obj 0.007) train localisation and background objectness within
-    the budget. Over torch seeds 0-5 at 1 and 2 threads, every test image's top box had IoU >= 0.82 with the drawn
-    shape (tests need 0.5) and the right class, true scores >= 0.86 and false ones <= 0.22 (conf 0.25 cuts them).
+    the budget. Measured over torch seeds 0-5 at 1 thread and 0-1 at 2 threads: the top box was the drawn shape
+    (IoU >= 0.5, right class) in 95 of 96 test images and in every video frame, usually IoU >= 0.82 and score
+    >= 0.86, one box per image. The previous recipe (128 images, 192 steps at a constant lr) fell to 7/12 with
+    9-16 boxes per image at 2 threads, seed 2.
     """
     from utils.dataloaders import create_dataloader
     from utils.loss import ComputeLoss
@@ -318,7 +320,7 @@ def test_trained_model_finds_its_objects(trained, tmp_path):
     src = tmp_path / "test"
     src.mkdir()
     truth = {}
-    for i in range(12):
+    for i in range(24):  # enough images that one odd miss (seen in ~1 of 100) stays far from the bar
         im, c, b = draw(rng)
         cv2.imwrite(str(src / f"t{i:02d}.png"), im)
         truth[f"t{i:02d}"] = (c, b)
@@ -332,7 +334,7 @@ def test_trained_model_finds_its_objects(trained, tmp_path):
         best = rows[rows[:, 5].argmax()]
         box = xywhn2xyxy(best[None, 1:5], S, S)
         hits += int(best[0]) == c and box_iou_np(box, b[None])[0, 0] >= 0.5
-    assert hits >= 10, f"only {hits}/12 images had the drawn shape found with IoU >= 0.5 and the right class"
+    assert hits >= 20, f"only {hits}/24 images had the drawn shape found with IoU >= 0.5 and the right class"
 
 
 def test_trained_model_tracks_a_moving_object_in_video(trained, tmp_path):
