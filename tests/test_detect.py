@@ -1,7 +1,7 @@
 """detect.py, the sources and the Python/torch.hub API on generated images and videos.
 
 Two models: an untrained tiny one with conf_thres 0 and a small max_det, so every image yields a known number of
-boxes (file-output tests), and one trained for ~20 s on generated squares/circles that must find its objects.
+boxes (file-output tests), and one trained for ~15 s on generated squares/circles that must find its objects.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import yaml
 
 from detect import main, parse_opt, run
 from models.yolo import Model
+from tests.detections import FP32_BOX_REL, FP32_SCORE_TOL, compare_detections
 from utils.boxes import box_iou_np, xywhn2xyxy
 from utils.checkpoint import make_checkpoint, save_checkpoint
 from utils.predictor import load
@@ -79,35 +80,52 @@ def untrained(tmp_path_factory) -> Path:
     return save_checkpoint(make_checkpoint(model), tmp_path_factory.mktemp("w") / "untrained.pt")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A tiny YOLOv5 trained for 24 epochs on 128 generated 64 px images (single thread: ~20 s)."""
+def train_tiny(root: Path, seed: int = 0, n: int = 256, epochs: int = 20) -> Path:
+    """A tiny YOLOv5 trained on n generated 64 px images (320 Adam steps, single thread: ~15 s); returns best.pt.
+
+    Chosen for a wide margin, not speed: with lr decayed linearly to 0 the last steps cannot undo the fit, and
+    box/obj gains above train.py's 64 px scaling (obj 0.007) train localisation and background objectness within
+    the budget. Measured over torch seeds 0-5 at 1 thread and 0-1 at 2 threads: the top box was the drawn shape
+    (IoU >= 0.5, right class) in 95 of 96 test images and in every video frame, usually IoU >= 0.82 and score
+    >= 0.86, one box per image. The previous recipe (128 images, 192 steps at a constant lr) fell to 7/12 with
+    9-16 boxes per image at 2 threads, seed 2.
+    """
     from utils.dataloaders import create_dataloader
     from utils.loss import ComputeLoss
-    root = tmp_path_factory.mktemp("shapes")
-    (root / "images").mkdir()
+    (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
     rng = np.random.default_rng(0)
-    for i in range(128):
+    for i in range(n):
         im, c, b = draw(rng)
         cv2.imwrite(str(root / "images" / f"{i}.png"), im)
         (x, y), (w, h) = (b[:2] + b[2:]) / 2 / S, (b[2:] - b[:2]) / S
         (root / "labels" / f"{i}.txt").write_text(f"{c} {x} {y} {w} {h}\n")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = Model(tiny_cfg(), verbose=False)
     model.names = dict(NAMES)
     hyp = yaml.safe_load((ROOT / "data" / "hyps" / "hyp.scratch-low.yaml").read_text())
-    loader, _ = create_dataloader(str(root / "images"), S, 16, 32, augment=False, workers=0, shuffle=True)
-    loss_fn = ComputeLoss(model, hyp=hyp, imgsz=S)  # gains scaled to 2 classes and S px, as in train.py
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    # box 0.1 and obj 0.05 as the final gains (stronger than the 640 px defaults, so 64 px images train to a wide
+    # margin); ComputeLoss scales cls by nc/80 and obj by (S/640)^2 itself, so obj is given before that scaling
+    hyp.update(box=0.1, obj=0.05 * (640 / S) ** 2)
+    loader, _ = create_dataloader(str(root / "images"), S, 16, 32, augment=False, workers=0, shuffle=True, seed=seed)
+    loss_fn = ComputeLoss(model, hyp=hyp, imgsz=S)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    steps = epochs * len(loader)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 - k / steps)
     model.train()
-    for _ in range(24):
+    for _ in range(epochs):
         for ims, targets, _, _ in loader:
             loss, _ = loss_fn(model(ims.float() / 255), targets)
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sched.step()
     return save_checkpoint(make_checkpoint(model.eval()), root / "best.pt")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    return train_tiny(tmp_path_factory.mktemp("shapes"))
 
 
 @pytest.fixture
@@ -270,9 +288,13 @@ def test_api_accepts_paths_arrays_pil_tensors_and_batches(untrained, images):
     variants = [model(path), model(bgr), model(rgb, rgb=True), model(Image.open(path)),
                 model(torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255), model([bgr, bgr]),
                 model(np.stack([bgr, bgr]))]
+    # the untrained model's scores tie exactly at the max_det cut (3rd and 4th), so the same image in another
+    # batch size or container may keep either tied box: compare up to near-ties, with the fp32 bound of two
+    # evaluations of one model (tests/detections.py) and whole-pixel rounding of the boxes
+    tol = dict(score_tol=FP32_SCORE_TOL, box_tol=1.0 + 80 * FP32_BOX_REL, conf_thres=0.0, iou_thres=0.45, max_det=3)
     for out in variants:
-        for det in out:
-            np.testing.assert_allclose(det.boxes, ref.boxes, atol=1e-4)
+        assert all(len(det) == 3 for det in out)
+        assert compare_detections(out, [ref] * len(out), **tol)[0] >= 2 * len(out)
     mixed = model([bgr, cv2.imread(str(images / "im0.jpg")), np.zeros((40, 30), np.uint8)])
     assert [d.shape for d in mixed] == [(64, 80), (64, 64), (40, 30)]
     assert all((d.xyxy[:, [0, 2]] <= d.shape[1]).all() and (d.xyxy[:, [1, 3]] <= d.shape[0]).all() for d in mixed)
@@ -299,7 +321,7 @@ def test_trained_model_finds_its_objects(trained, tmp_path):
     src = tmp_path / "test"
     src.mkdir()
     truth = {}
-    for i in range(12):
+    for i in range(24):  # enough images that one odd miss (seen in ~1 of 100) stays far from the bar
         im, c, b = draw(rng)
         cv2.imwrite(str(src / f"t{i:02d}.png"), im)
         truth[f"t{i:02d}"] = (c, b)
@@ -313,7 +335,7 @@ def test_trained_model_finds_its_objects(trained, tmp_path):
         best = rows[rows[:, 5].argmax()]
         box = xywhn2xyxy(best[None, 1:5], S, S)
         hits += int(best[0]) == c and box_iou_np(box, b[None])[0, 0] >= 0.5
-    assert hits >= 10, f"only {hits}/12 images had the drawn shape found with IoU >= 0.5 and the right class"
+    assert hits >= 20, f"only {hits}/24 images had the drawn shape found with IoU >= 0.5 and the right class"
 
 
 def test_trained_model_tracks_a_moving_object_in_video(trained, tmp_path):
@@ -349,23 +371,26 @@ def test_exported_and_yolov5_weights_match_pytorch(trained, tmp_path, monkeypatc
     ims = [draw(rng)[0] for _ in range(4)]
     ref = load(trained, imgsz=S)(ims)
     assert all(len(d) for d in ref)
+    # one fp32 model in three runtimes (FP32_* in tests/detections.py); boxes come back rounded to whole pixels, so
+    # a float error can move a coordinate by 1 px
+    tol = dict(score_tol=FP32_SCORE_TOL, box_tol=1.0 + S * FP32_BOX_REL, conf_thres=0.25, iou_thres=0.45)
     w = tmp_path / "m.pt"
     w.write_bytes(Path(trained).read_bytes())
     files = export.run(w, imgsz=(S, S), include=("onnx", "torchscript"))
     for f in files:
-        out = load(f, imgsz=S, trusted=True)(ims)  # our own export: TorchScript needs the opt-in
-        for a, b in zip(ref, out):
-            assert len(a) == len(b) and (a.cls == b.cls).all()
-            np.testing.assert_allclose(a.xyxy, b.xyxy, atol=1.0)
+        matched, _ = compare_detections(load(f, imgsz=S, trusted=True)(ims), ref, **tol)  # TorchScript: opt-in
+        assert matched >= len(ims)  # every image's detections, not only near-ties
     from tests.test_checkpoint import _save_like_yolov5
     model = Model(tiny_cfg(), verbose=False)
     model.load_state_dict(torch.load(trained, weights_only=True)["model"])
     model.names = dict(NAMES)
     y5 = tmp_path / "yolov5_format.pt"
     _save_like_yolov5(model, y5, monkeypatch)
+    # YOLOv5 stores fp16 weights: the reference is our own checkpoint of the same fp16-rounded weights, so what is
+    # compared is the loader, in fp32 on both sides
+    model.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in model.state_dict().items()})
+    rounded = save_checkpoint(make_checkpoint(model), tmp_path / "rounded.pt")
     out = load(y5, imgsz=S)(ims)
-    for a, b in zip(ref, out):  # fp16-stored weights: compare each image's most confident box
-        assert b.names == NAMES and len(b)
-        i, j = a.conf.argmax(), b.conf.argmax()
-        assert a.cls[i] == b.cls[j] and abs(a.conf[i] - b.conf[j]) < 0.02
-        np.testing.assert_allclose(a.xyxy[i], b.xyxy[j], atol=1.5)
+    assert all(b.names == NAMES for b in out)
+    matched, _ = compare_detections(out, load(rounded, imgsz=S)(ims), **tol)
+    assert matched >= len(ims)

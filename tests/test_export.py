@@ -25,6 +25,7 @@ import export  # noqa: E402
 from models.yolo import Model  # noqa: E402
 from utils.backends import BackendError, DetectBackend, decode_raw, parse_names  # noqa: E402
 from utils.nms import non_max_suppression  # noqa: E402
+from tests.detections import FP32_BOX_REL, FP32_SCORE_TOL, compare_detections  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 onnx = pytest.importorskip("onnx")
@@ -107,9 +108,11 @@ def exported(name: str, outdir: Path) -> dict:
     return _CACHE[name]
 
 
-def _session(f):
+def _session(f, optimise: bool = True):
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
+    if not optimise:  # run every node as written (no fusion of Q/DQ pairs into integer kernels)
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(f), so, providers=["CPUExecutionProvider"])
 
 
@@ -173,22 +176,9 @@ def test_torchscript_matches_fused_pytorch(name, outdir):
 NANO = "yolov5n_MobileNetV3.yaml" if (ROOT / "models" / "yolov5n_MobileNetV3.yaml").is_file() else "yolov5n.yaml"
 
 
-def _same_detections(got: list[torch.Tensor], ref: list[torch.Tensor]):
-    """Same (k, 6) rows x1, y1, x2, y2, conf, cls per image up to order (near-equal scores may come out in either
-    order): each row matches its own reference row with the same class, the box within 1e-4 of the box scale and
-    the score within 1e-5."""
-    assert len(got) == len(ref)
-    for g, r in zip(got, ref):
-        assert g.shape == r.shape, (g.shape, r.shape)
-        if len(r):
-            g, r = g.double(), r.double()
-            tol = 1e-4 * float(r[:, :4].abs().max().clamp(min=1.0))
-            cost = torch.maximum(torch.cdist(g[:, :4], r[:, :4], p=float("inf")) / tol,
-                                 (g[:, None, 4] - r[None, :, 4]).abs() / 1e-5)
-            cost += (g[:, None, 5] != r[None, :, 5]) * 1e9
-            best, j = cost.min(1)
-            assert best.max() <= 1.0, f"row {int(best.argmax())} has no match: {g[int(best.argmax())].tolist()}"
-            assert len(set(j.tolist())) == len(r), "two rows matched the same reference row"
+def _box_tol(ref: list[torch.Tensor]) -> float:
+    """FP32_BOX_REL of the largest box coordinate (the box scale assert_same_predictions uses)."""
+    return FP32_BOX_REL * max([float(r[:, :4].abs().max()) for r in ref if len(r)] + [1.0])
 
 
 def test_nms_graph_returns_python_nms_boxes(outdir):
@@ -207,12 +197,16 @@ def test_nms_graph_returns_python_nms_boxes(outdir):
         assert all(len(r) > 10 for r in ref)
         assert any(len(r) == max_det for r in ref) if max_det < 100 else all(len(r) < max_det for r in ref)
         rows = _session(fo).run(None, {"images": x.numpy()})[0]
-        assert rows.shape == (sum(len(r) for r in ref), 7) and set(rows[:, 0]) == {0.0, 1.0}
+        assert rows.shape[1] == 7 and set(rows[:, 0]) == {0.0, 1.0}  # (batch index, x1, y1, x2, y2, conf, cls)
         for f in (fo, ft):
             b = DetectBackend(f, trusted=True)  # our own export: TorchScript needs the opt-in
             assert b.end2end and b.format == "nms"
             with torch.no_grad():
-                _same_detections(b(x), ref)
+                got = b(x)
+            matched, _ = compare_detections(got, ref, score_tol=FP32_SCORE_TOL, box_tol=_box_tol(ref), max_det=max_det,
+                                            agnostic=agnostic, conf_thres=args["conf_thres"],
+                                            iou_thres=args["iou_thres"])
+            assert matched >= 0.9 * sum(len(r) for r in ref)  # near-ties are a few rows, not most of them
 
 
 def test_raw_graph_decodes_to_decoded_output(outdir):
@@ -433,14 +427,21 @@ def test_int8_quantises_backbone_and_keeps_head_float(checkpoint, tiny_data, tmp
     assert len(decode) > 10 and not any(i in consumers for n in decode for i in n.input), "decoding must stay float"
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["stride"] == "32" and json.loads(meta["int8"]) is True
-    # INT8 tracks FP32 on an image like the calibration ones. A random network is a harsh case (its features
-    # vary little across positions, so the quantisation step is large against the signal): the accuracy that
-    # matters is benchmarks.bench_export's mAP on a trained model; this catches broken scales or calibration
-    # inputs (correlation near 0).
-    x = torch.from_numpy(export.letterbox_rgb(str(next((tiny_data.parent / "images" / "val").glob("*.png"))),
-                                              (64, 64)))
-    y32, y8 = DetectBackend(files[0])(x), DetectBackend(files[1])(x)
-    assert np.corrcoef(y32[..., 4].flatten().numpy(), y8[..., 4].flatten().numpy())[0, 1] > 0.7
+    # INT8 tracks FP32 on an image like the calibration ones. ONNX Runtime's integer kernels differ by CPU (with
+    # VNNI or without it, where u8 x s8 products can saturate), so the agreement is measured on the QDQ graph with
+    # graph optimisation off: QuantizeLinear/DequantizeLinear then run as float ops around float convs, i.e. the
+    # calibrated quantisation itself, the same on every x86 CPU up to fp32 rounding (~1e-6 here, against the
+    # 0.87-0.94 correlation reached over model seeds). A random network is a harsh case (its features vary little
+    # across positions, so the quantisation step is large against the signal): the accuracy that matters is
+    # benchmarks.bench_export's mAP on a trained model; this catches broken scales or calibration inputs
+    # (correlation near 0).
+    x = export.letterbox_rgb(str(next((tiny_data.parent / "images" / "val").glob("*.png"))), (64, 64))
+    x = np.ascontiguousarray(x[None] if x.ndim == 3 else x, dtype=np.float32)
+    y32 = _session(files[0]).run(None, {"images": x})[0]
+    y8 = _session(files[1], optimise=False).run(None, {"images": x})[0]
+    assert np.corrcoef(y32[..., 4].ravel(), y8[..., 4].ravel())[0, 1] > 0.7
+    y8_kernels = _session(files[1]).run(None, {"images": x})[0]  # this CPU's integer kernels: runs, same layout
+    assert y8_kernels.shape == y32.shape and np.isfinite(y8_kernels).all()
     # --int8-head-convs: the head's 1x1 convs are quantised too (their logits reach the decode as dequantised
     # int8); the decode arithmetic itself is never re-quantised
     index = int(scope.split(".")[1].rstrip("/"))
@@ -483,9 +484,22 @@ def test_detect_on_exported_file_agrees_with_pt(checkpoint, tiny_data, tmp_path)
                    save_conf=True, nosave=True, project=tmp_path / "det", name=tag, exist_ok=True)
         d = tmp_path / "det" / tag / "labels"
         labels[tag] = {p.name: np.loadtxt(p, ndmin=2) for p in sorted(d.glob("*.txt"))}
-    assert labels["pt"] and labels["pt"].keys() == labels["onnx"].keys()
-    as_det = lambda a: torch.from_numpy(a[:, [1, 2, 3, 4, 5, 0]] * np.array([64, 64, 64, 64, 1, 1]))  # noqa: E731
-    _same_detections([as_det(labels["onnx"][k]) for k in labels["pt"]], [as_det(v) for v in labels["pt"].values()])
+    # an image whose only rows are near-ties may have a label file for one backend only
+    stems = sorted(labels["pt"].keys() | labels["onnx"].keys())
+    assert labels["pt"] and len(labels["pt"].keys() & labels["onnx"].keys()) >= 0.8 * len(stems)
+
+    def as_det(a: np.ndarray) -> np.ndarray:  # label rows cls x y w h conf (normalised) -> x1 y1 x2 y2 conf cls px
+        xy, wh = a[:, 1:3] * 64, a[:, 3:5] * 64
+        return np.concatenate((xy - wh / 2, xy + wh / 2, a[:, 5:6], a[:, :1]), 1)
+
+    none = np.zeros((0, 6))
+    got = [as_det(labels["onnx"][k]) if k in labels["onnx"] else none for k in stems]
+    ref = [as_det(labels["pt"][k]) if k in labels["pt"] else none for k in stems]
+    # detect.py rounds boxes to whole pixels, so a float error can move a coordinate by 1 px; the label files'
+    # %g (6 digits) adds < 1e-4 px and 1e-6 to the score
+    matched, _ = compare_detections(got, ref, score_tol=FP32_SCORE_TOL + 1e-6, box_tol=1.0 + 64 * FP32_BOX_REL + 1e-4,
+                                    conf_thres=0.3, iou_thres=0.45)
+    assert matched >= 0.8 * sum(len(r) for r in ref)
 
 
 def test_bench_export_times_backends_in_rewarmed_blocks(monkeypatch):
