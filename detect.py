@@ -29,10 +29,9 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from utils.general import (  # noqa: E402
-    LOGGER, TQDM_BAR_FORMAT, clean_str, colorstr, first_line, increment_path, safe_path_component)
-from utils.predictor import Detections, load, save_crop  # noqa: E402
-from utils.sources import Frame, LoadFiles, open_source  # noqa: E402
+from utils.general import LOGGER, TQDM_BAR_FORMAT, clean_str, colorstr, first_line, increment_path, safe_path_component
+from utils.predictor import Detections, load, save_crop
+from utils.sources import Frame, LoadFiles, open_source
 
 
 class VideoSink:

@@ -32,20 +32,29 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from utils.export import (DEFAULT_CALIB_IMAGES, ExportError, export_metadata, export_onnx,  # noqa: E402,F401
-                          export_torchscript, int8_activation_note, letterbox_rgb, load_model, quantize_int8,
-                          require_onnx)
-from utils.export import int8 as _int8  # noqa: E402
-from utils.export.graphs import classic_shuffle, output_names  # noqa: E402
-from utils.export.mnn import export_mnn  # noqa: E402
-from utils.export.ncnn import export_ncnn  # noqa: E402
-from utils.export.ncnn import require_pnnx as require_ncnn  # noqa: E402
-from utils.export.int8_openvino import quantize_openvino_int8, require_nncf  # noqa: E402
-from utils.export.openvino import export_openvino  # noqa: E402
-from utils.export.verify import RTOL, reference_inputs, verify_export  # noqa: E402
-from utils.runtimes import require as require_runtime  # noqa: E402
-from utils.general import LOGGER, check_img_size, colorstr, first_line  # noqa: E402
-from utils.torch_utils import select_device  # noqa: E402
+from utils.export import (
+    DEFAULT_CALIB_IMAGES,
+    ExportError,
+    export_metadata,
+    export_onnx,
+    export_torchscript,
+    int8_activation_note,
+    letterbox_rgb,
+    load_model,
+    quantize_int8,
+    require_onnx,
+)
+from utils.export import int8 as _int8
+from utils.export.graphs import classic_shuffle, output_names
+from utils.export.int8_openvino import quantize_openvino_int8, require_nncf
+from utils.export.mnn import export_mnn
+from utils.export.ncnn import export_ncnn
+from utils.export.ncnn import require_pnnx as require_ncnn
+from utils.export.openvino import export_openvino
+from utils.export.verify import RTOL, reference_inputs, verify_export
+from utils.general import LOGGER, check_img_size, colorstr, first_line
+from utils.runtimes import require as require_runtime
+from utils.torch_utils import select_device
 
 # --include name -> file suffix, or folder-name suffix for the runtimes whose model is several files
 FORMATS = {"torchscript": ".torchscript", "onnx": ".onnx", "openvino": "_openvino_model", "ncnn": "_ncnn_model",

@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # torch.hub takes the repo off sys.path after loading; our modules stay imported
 
-from utils.predictor import Predictor, TorchModelBackend, load, load_backend  # noqa: E402
-from utils.torch_utils import select_device  # noqa: E402
+from utils.predictor import Predictor, TorchModelBackend, load, load_backend
+from utils.torch_utils import select_device
 
 
 def custom(path="path/to/model.pt", autoshape: bool = True, _verbose: bool = True, device=None, **kwargs):

@@ -36,26 +36,57 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-import val as validate  # noqa: E402
-from models.yolo import Model  # noqa: E402
-from utils.augmentations import multi_scale  # noqa: E402
-from utils.autoanchor import check_anchors  # noqa: E402
-from utils.callbacks import Callbacks  # noqa: E402
-from utils.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_checkpoint  # noqa: E402
-from utils.checkpoint import strip_optimizer, to_plain  # noqa: E402
-from utils.dataloaders import check_dataset, create_dataloader  # noqa: E402
-from utils.evolve import EVOLVE_META, evolve, mutate_hyp  # noqa: E402,F401  (EVOLVE_META, mutate_hyp: train.X)
-from utils.general import LOGGER, TQDM_BAR_FORMAT, check_img_size, check_yaml, colorstr, increment_path  # noqa: E402
-from utils.loss import ComputeLoss  # noqa: E402
-from utils.metrics import fitness  # noqa: E402
-from utils.optim import OPTIMIZERS, lr_lambda, smart_optimizer, warmup_iterations, warmup_step  # noqa: E402
-from utils.torch_utils import LOCAL_RANK, RANK, WORLD_SIZE, ModelEMA, de_parallel, select_device  # noqa: E402
-from utils.torch_utils import torch_distributed_zero_first  # noqa: E402
-from utils.training import (REQUIRED_HYP, RESULT_KEYS, EarlyStopping, PhaseClock, ResultsCSV,  # noqa: E402,F401
-                            any_rank, deferred_interrupts, freeze_layers, init_ddp, init_seeds,
-                            labels_to_class_weights, labels_to_image_weights, load_hyp, rank0_value, rng_state,
-                            set_cpu_threads, set_rng_state, sigterm_as_interrupt, sync_batchnorm, transfer_weights,
-                            wrap_ddp)
+import val as validate
+from models.yolo import Model
+from utils.augmentations import multi_scale
+from utils.autoanchor import check_anchors
+from utils.callbacks import Callbacks
+from utils.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    make_checkpoint,
+    save_checkpoint,
+    strip_optimizer,
+    to_plain,
+)
+from utils.dataloaders import check_dataset, create_dataloader
+from utils.evolve import EVOLVE_META, evolve, mutate_hyp  # EVOLVE_META, mutate_hyp: train.X
+from utils.general import LOGGER, TQDM_BAR_FORMAT, check_img_size, check_yaml, colorstr, increment_path
+from utils.loss import ComputeLoss
+from utils.metrics import fitness
+from utils.optim import OPTIMIZERS, lr_lambda, smart_optimizer, warmup_iterations, warmup_step
+from utils.torch_utils import (
+    LOCAL_RANK,
+    RANK,
+    WORLD_SIZE,
+    ModelEMA,
+    de_parallel,
+    select_device,
+    torch_distributed_zero_first,
+)
+from utils.training import (
+    REQUIRED_HYP,
+    RESULT_KEYS,
+    EarlyStopping,
+    PhaseClock,
+    ResultsCSV,
+    any_rank,
+    deferred_interrupts,
+    freeze_layers,
+    init_ddp,
+    init_seeds,
+    labels_to_class_weights,
+    labels_to_image_weights,
+    load_hyp,
+    rank0_value,
+    rng_state,
+    set_cpu_threads,
+    set_rng_state,
+    sigterm_as_interrupt,
+    sync_batchnorm,
+    transfer_weights,
+    wrap_ddp,
+)
 
 TQDM_FORMAT = TQDM_BAR_FORMAT  # the one bar format of every script (utils.general)
 GRAD_CLIP_NORM = 10.0

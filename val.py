@@ -23,12 +23,12 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from utils.backends import DetectBackend  # noqa: E402
-from utils.boxes import xywh2xyxy, xyxy2xywh  # noqa: E402
-from utils.general import LOGGER, TQDM_BAR_FORMAT, check_img_size, colorstr, first_line, increment_path  # noqa: E402
-from utils.metrics import COCO_MAX_DETS, ConfusionMatrix, DetectionMetrics, xyxy2coco  # noqa: E402
-from utils import backends  # noqa: E402
-from utils.torch_utils import select_device, time_sync  # noqa: E402
+from utils import backends
+from utils.backends import DetectBackend
+from utils.boxes import xywh2xyxy, xyxy2xywh
+from utils.general import LOGGER, TQDM_BAR_FORMAT, check_img_size, colorstr, first_line, increment_path
+from utils.metrics import COCO_MAX_DETS, ConfusionMatrix, DetectionMetrics, xyxy2coco
+from utils.torch_utils import select_device, time_sync
 
 # COCO's 80 training classes -> the 91 category ids of the official annotation files
 COCO80_TO_91 = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31,

@@ -103,7 +103,7 @@ def benchmark_model(cfg: str | Path, opt: argparse.Namespace, nc: int, workdir: 
     if model is None:  # the yaml does not build: nothing else can run
         row.skip([c for c in METRIC_COLUMNS if c not in row], "the model does not build")
         return row
-    row.stage(("params", "gflops"), lambda: model_size(model, opt.imgsz))
+    row.stage(("params", "gflops"), lambda m=model: model_size(m, opt.imgsz))
 
     weights = None
     if opt.epochs > 0:
@@ -118,7 +118,7 @@ def benchmark_model(cfg: str | Path, opt: argparse.Namespace, nc: int, workdir: 
     else:
         row.skip(("map50", "map50_95", "train_s"), "--epochs 0 (no training)")
     if weights is None:  # speed, memory and size do not depend on the weights' values
-        weights = row.stage(("weights",), lambda: save_untrained(model, workdir / "weights" / f"{cfg.stem}.pt"),
+        weights = row.stage(("weights",), lambda m=model: save_untrained(m, workdir / "weights" / f"{cfg.stem}.pt"),
                             keep=True)
         if weights is None:
             row.pop("weights")

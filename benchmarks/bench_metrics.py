@@ -69,6 +69,7 @@ def time_val_pipeline(imgsz: int, batch: int, n_batches: int = 3) -> float | Non
     """Seconds per image for pre-process + yolov5n forward + NMS at imgsz (None if the model can't be built)."""
     try:
         import torch
+
         from models.yolo import Model
         from utils.nms import non_max_suppression
     except Exception as e:  # the core may be missing in a partial checkout

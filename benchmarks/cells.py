@@ -66,6 +66,6 @@ def finish_row(row: Row, machine: dict) -> dict:
     missing = [c for c in COLUMNS if c != "skipped" and out.get(c) in (None, "")]
     if missing:
         reasons.append(f"{'+'.join(missing)}: not measured")
-        out.update({c: NA for c in missing})
+        out.update(dict.fromkeys(missing, NA))
     out["skipped"] = "; ".join(reasons) or "none"
     return out

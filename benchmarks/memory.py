@@ -24,7 +24,7 @@ imgsz, threads, runs = int(imgsz), int(threads), int(runs)
 import numpy as np
 if kind == "torch":
     import torch
-    import models.yolo  # noqa: F401  (module classes for unpickling; imported before the baseline)
+    import models.yolo  # module classes for unpickling; imported before the baseline
     torch.set_num_threads(threads)
 else:
     import onnxruntime as ort

@@ -3,16 +3,26 @@
 Blocks live in one module per family under models/blocks/, on top of the shared layers in models/layers.py;
 importing them registers them with the builder.
 """
-from models.layers import (SE, Conv, DropPath, DWConv, autopad, channel_shuffle, fuse_conv_and_bn,  # noqa: F401
-                           make_act, make_norm, round_channels)
-from models.blocks.conv import Concat, Focus  # noqa: F401
-from models.blocks.csp import C3, SPP, SPPF, Bottleneck, CSPBase  # noqa: F401
-from models.blocks.ghost import C3Ghost, GhostBottleneck, GhostConv  # noqa: F401
-from models.blocks.heads import Detect, Proto, Segment  # noqa: F401
-from models.blocks.attention import CBAM  # noqa: F401
-from models.blocks.mobilenet import DWSConv, MobileNetV2_Block, MobileNetV3_Block, conv_bn_hswish  # noqa: F401
-from models.blocks.efficientnet import FusedMBConv, MBConv  # noqa: F401
-from models.blocks.uib import C3_UIB, UIB  # noqa: F401
-from models.blocks.repvgg import RepVGGBlock  # noqa: F401
-from models.blocks.shufflenet import ShuffleNetV2_Block, conv_bn_relu_maxpool  # noqa: F401
-from models.blocks.torchvision_backbone import Index, TorchVisionBackbone  # noqa: F401
+from models.blocks.attention import CBAM
+from models.blocks.conv import Concat, Focus
+from models.blocks.csp import C3, SPP, SPPF, Bottleneck, CSPBase
+from models.blocks.efficientnet import FusedMBConv, MBConv
+from models.blocks.ghost import C3Ghost, GhostBottleneck, GhostConv
+from models.blocks.heads import Detect, Proto, Segment
+from models.blocks.mobilenet import DWSConv, MobileNetV2_Block, MobileNetV3_Block, conv_bn_hswish
+from models.blocks.repvgg import RepVGGBlock
+from models.blocks.shufflenet import ShuffleNetV2_Block, conv_bn_relu_maxpool
+from models.blocks.torchvision_backbone import Index, TorchVisionBackbone
+from models.blocks.uib import C3_UIB, UIB
+from models.layers import (
+                           SE,
+                           Conv,
+                           DropPath,
+                           DWConv,
+                           autopad,
+                           channel_shuffle,
+                           fuse_conv_and_bn,
+                           make_act,
+                           make_norm,
+                           round_channels,
+)

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from models.registry import MAX_CHANNELS, YamlError  # noqa: F401 (MAX_CHANNELS: listed with the other bounds)
+from models.registry import MAX_CHANNELS, YamlError  # MAX_CHANNELS: listed with the other bounds
 
 MAX_NC = 10_000
 MAX_CH = 64
@@ -117,7 +117,7 @@ def preflight(make, params_so_far: int, inp=None) -> int:
             m = make()
     except YamlError:
         raise
-    except Exception:  # noqa: BLE001 (meta-incompatible __init__: the real build reports real errors)
+    except Exception:  # meta-incompatible __init__: the real build reports real errors
         return 0
     n = _numel(m)
     if params_so_far + n > MAX_PARAMS:
@@ -128,7 +128,7 @@ def preflight(make, params_so_far: int, inp=None) -> int:
             m.eval()
             with torch.no_grad():
                 out = _out_numel(m(_to_meta(inp)))
-        except Exception:  # noqa: BLE001 (forward not meta-compatible, or a real shape error reported later)
+        except Exception:  # forward not meta-compatible, or a real shape error reported later
             out = 0
         if out > MAX_ROW_OUTPUT:
             raise YamlError(f"its output on the build probe has {out:,} elements, more than the "

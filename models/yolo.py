@@ -17,14 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-import models.common  # noqa: E402,F401  (registers every block family)
-from models.layers import default_activation  # noqa: E402
-from models.blocks.heads import Detect, Segment  # noqa: E402
-from models.limits import MAX_REPEATS, check_header, preflight  # noqa: E402
-from models.registry import Row, YamlError, parse_activation, policy_of, resolve_arg, resolve_module  # noqa: E402
-from utils.autoanchor import check_anchor_order  # noqa: E402
-from utils.general import LOGGER, check_yaml, first_line, load_yaml  # noqa: E402
-from utils.torch_utils import initialize_weights, model_info, profile_layers, scale_img  # noqa: E402
+import models.common  # registers every block family
+from models.blocks.heads import Detect, Segment  # Segment: YOLOv5 scripts import it from models.yolo
+from models.layers import default_activation
+from models.limits import MAX_REPEATS, check_header, preflight
+from models.registry import Row, YamlError, parse_activation, policy_of, resolve_arg, resolve_module
+from utils.autoanchor import check_anchor_order
+from utils.general import LOGGER, check_yaml, first_line, load_yaml
+from utils.torch_utils import initialize_weights, model_info, profile_layers, scale_img
 
 PROBE_SIZE = 256  # strides are measured on a zeros(1, ch, 256, 256) forward, as YOLOv5 does
 

@@ -37,7 +37,7 @@ def _rows(d) -> np.ndarray:
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:4], b[None, :, 2:4])
     inter = np.clip(rb - lt, 0, None).prod(2)
-    area = lambda x: np.clip(x[:, 2:4] - x[:, :2], 0, None).prod(1)  # noqa: E731
+    area = lambda x: np.clip(x[:, 2:4] - x[:, :2], 0, None).prod(1)
     return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-12)
 
 
@@ -45,7 +45,7 @@ def _iou_tol(a: np.ndarray, b: np.ndarray, box_tol: float) -> np.ndarray:
     """First-order bound of how far IoU moves when every coordinate moves by <= box_tol: each side moves by
     <= 2 box_tol, so an area w * h moves by <= 2 box_tol (w + h); the union moves by at most the sum of the two
     areas' and the intersection's moves, and IoU = I / U by <= (dI + IoU dU) / U."""
-    wh = lambda x: np.clip(x[:, 2:4] - x[:, :2], 0, None)  # noqa: E731
+    wh = lambda x: np.clip(x[:, 2:4] - x[:, :2], 0, None)
     wa, wb = wh(a), wh(b)
     lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:4], b[None, :, 2:4])
     wi = np.clip(rb - lt, 0, None)  # (na, nb, 2)

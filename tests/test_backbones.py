@@ -12,11 +12,23 @@ import torch.nn as nn
 import torchvision
 import yaml
 
-from models.blocks.torchvision_backbone import BACKBONES, TorchVisionBackbone, fold_batchnorms
-from models.common import (C3_UIB, CBAM, SE, UIB, DWSConv, FusedMBConv, MBConv, MobileNetV2_Block, MobileNetV3_Block,
-                           RepVGGBlock, ShuffleNetV2_Block, conv_bn_relu_maxpool)
 from models.blocks.efficientnet import DropPath
 from models.blocks.shufflenet import channel_shuffle
+from models.blocks.torchvision_backbone import BACKBONES, TorchVisionBackbone, fold_batchnorms
+from models.common import (
+    C3_UIB,
+    CBAM,
+    SE,
+    UIB,
+    DWSConv,
+    FusedMBConv,
+    MBConv,
+    MobileNetV2_Block,
+    MobileNetV3_Block,
+    RepVGGBlock,
+    ShuffleNetV2_Block,
+    conv_bn_relu_maxpool,
+)
 from models.registry import YamlError
 from models.yolo import ROOT, Model
 from utils.torch_utils import model_flops

@@ -7,7 +7,7 @@ import torch.nn as nn
 import yaml
 
 from models.registry import YamlError, register
-from models.yolo import ROOT, Model, parse_opt, main
+from models.yolo import ROOT, Model, main, parse_opt
 from utils.torch_utils import model_flops
 
 

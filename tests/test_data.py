@@ -13,8 +13,15 @@ import torch
 import yaml
 from PIL import Image
 
-from utils.augmentations import (DEFAULT_AUGMENT_HYP, box_candidates, copy_paste, letterbox, mixup, multi_scale,
-                                 random_perspective)
+from utils.augmentations import (
+    DEFAULT_AUGMENT_HYP,
+    box_candidates,
+    copy_paste,
+    letterbox,
+    mixup,
+    multi_scale,
+    random_perspective,
+)
 from utils.boxes import scale_boxes, xywhn2xyxy
 from utils.convert import convert_coco, convert_voc
 from utils.convert import main as convert_main

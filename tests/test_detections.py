@@ -2,7 +2,6 @@
 where they reorder near-tied detections, and real differences fail."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

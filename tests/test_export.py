@@ -21,11 +21,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-import export  # noqa: E402
-from models.yolo import Model  # noqa: E402
-from utils.backends import BackendError, DetectBackend, decode_raw, parse_names  # noqa: E402
-from utils.nms import non_max_suppression  # noqa: E402
-from tests.detections import FP32_BOX_REL, FP32_SCORE_TOL, compare_detections  # noqa: E402
+import export
+from models.yolo import Model
+from tests.detections import FP32_BOX_REL, FP32_SCORE_TOL, compare_detections
+from utils.backends import BackendError, DetectBackend, decode_raw, parse_names
+from utils.nms import non_max_suppression
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 onnx = pytest.importorskip("onnx")
@@ -75,7 +75,7 @@ def _yaml_dict(name: str) -> dict:
     return d
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _build(name: str):
     d = _yaml_dict(name)
     if d.get("depth_multiple", 1) > 0.5 or d.get("width_multiple", 1) > 0.5:  # m/l/x-sized: same rows, smaller

@@ -10,12 +10,11 @@ import torch
 
 import detect
 import val
+from tests.test_val import NAMES, _tiny_model, _write_split
 from utils import backends
 from utils.checkpoint import make_checkpoint, save_checkpoint
 from utils.dataloaders import create_dataloader
 from utils.predictor import TorchModelBackend, load
-
-from tests.test_val import NAMES, _tiny_model, _write_split
 
 
 @pytest.fixture(scope="module")

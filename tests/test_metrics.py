@@ -7,12 +7,20 @@ import io
 import numpy as np
 import pytest
 
-from utils.metrics import (IOU_THRESHOLDS, ConfusionMatrix, DetectionMetrics, ap_per_class, coco_iou, fitness,
-                           match_coco, xyxy2coco)
+from utils.metrics import (
+    IOU_THRESHOLDS,
+    ConfusionMatrix,
+    DetectionMetrics,
+    ap_per_class,
+    coco_iou,
+    fitness,
+    match_coco,
+    xyxy2coco,
+)
 
 pycocotools = pytest.importorskip("pycocotools")
-from pycocotools.coco import COCO  # noqa: E402
-from pycocotools.cocoeval import COCOeval  # noqa: E402
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 
 def coco_reference(preds: list, labels: list, nc: int, max_dets=(1, 10, 100), ids=None) -> tuple[float, float]:
@@ -290,7 +298,7 @@ def _naive_confusion(preds, labels, nc, conf=0.25, iou_thres=0.45):
         for iou, gi, di in sorted(pairs, key=lambda x: -x[0]):
             best_for_det.setdefault(di, (iou, gi))
         used_g, used_d = set(), set()
-        for di, (iou, gi) in sorted(best_for_det.items(), key=lambda kv: -kv[1][0]):
+        for di, (_iou, gi) in sorted(best_for_det.items(), key=lambda kv: -kv[1][0]):
             if gi not in used_g:
                 used_g.add(gi)
                 used_d.add(di)
@@ -305,7 +313,9 @@ def _naive_confusion(preds, labels, nc, conf=0.25, iou_thres=0.45):
 def test_confusion_matrix_matches_naive_loop():
     rng = np.random.default_rng(12)
     preds, labels = make_scene(rng, 20, 4, crowd=True, gt_range=(3, 10))
-    to_xyxy = (lambda b: np.c_[b[:, :2], b[:, :2] + b[:, 2:4]])
+    def to_xyxy(b):
+        return np.c_[b[:, :2], b[:, :2] + b[:, 2:4]]
+
     preds = [np.c_[to_xyxy(p), p[:, 4:]] for p in preds]
     labels = [np.c_[lb[:, :1], to_xyxy(lb[:, 1:])] for lb in labels]
     cm = ConfusionMatrix(4)

@@ -104,7 +104,7 @@ def crowded(bs=3, n=3000, nc=4, seed=0, dtype=torch.float32, levels=0, empty=(),
     centre = torch.rand(bs, k, 2, generator=g, dtype=dtype) * 300
     size = 15 + torch.rand(bs, k, 2, generator=g, dtype=dtype) * 100
     src = torch.randint(0, k, (bs, n), generator=g)
-    pick = lambda t: torch.gather(t, 1, src[..., None].expand(-1, -1, 2))  # noqa: E731
+    pick = lambda t: torch.gather(t, 1, src[..., None].expand(-1, -1, 2))
     wh = pick(size) * torch.exp(0.2 * torch.randn(bs, n, 2, generator=g, dtype=dtype))
     xy = pick(centre) + 0.15 * wh * torch.randn(bs, n, 2, generator=g, dtype=dtype)
     bg = torch.rand(bs, n, generator=g) < 0.3

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 pytest.importorskip("onnxruntime")
-import export  # noqa: E402
-from benchmarks import profile_onnx  # noqa: E402
-from models.yolo import Model  # noqa: E402
+import export
+from benchmarks import profile_onnx
+from models.yolo import Model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,12 +16,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-import train  # noqa: E402
-from models.yolo import Model  # noqa: E402
-from utils.callbacks import Callbacks  # noqa: E402
-from utils.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint  # noqa: E402
-from utils.optim import cosine_lr, linear_lr, param_groups, smart_optimizer, warmup_iterations, warmup_step  # noqa: E402
-from utils.synthetic import CLASSES, generate_shapes_dataset  # noqa: E402
+import train
+from models.yolo import Model
+from utils.callbacks import Callbacks
+from utils.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from utils.optim import cosine_lr, linear_lr, param_groups, smart_optimizer, warmup_iterations, warmup_step
+from utils.synthetic import CLASSES, generate_shapes_dataset
 
 BASE = dict(imgsz=64, batch_size=4, workers=0, exist_ok=False)
 NO_AUG = dict(mosaic=0.0, fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, translate=0.0, scale=0.0)
@@ -416,4 +416,4 @@ def test_training_helpers_at_yolov5_import_paths():
         training.EarlyStopping)
     assert train.EarlyStopping is EarlyStopping and train.init_seeds is init_seeds
     with pytest.raises(ImportError):
-        from utils.general import no_such_helper  # noqa: F401
+        from utils.general import no_such_helper

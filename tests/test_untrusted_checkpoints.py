@@ -37,7 +37,7 @@ def U(s: str) -> bytes:
     return b"X" + struct.pack("<I", len(b)) + b
 
 
-def I(n: int) -> bytes:  # noqa: E743 (an opcode helper, like G and U)
+def I(n: int) -> bytes:  # an opcode helper, like G and U
     return b"J" + struct.pack("<i", n) if -2**31 <= n < 2**31 else b"\x8a\x08" + struct.pack("<q", n)
 
 
@@ -91,7 +91,8 @@ def snapshot() -> dict:
             elif isinstance(v, types.FunctionType):
                 snap[(name, k, "fn")] = (id(v.__code__), repr(v.__defaults__), repr(v.__kwdefaults__),
                                          tuple(sorted(v.__dict__)))
-    snap["dtypes"] = tuple(np.dtype(c).str + repr(np.dtype(c).__reduce__()) for c in "f8 f4 f2 i8 u1 b1".split())
+    snap["dtypes"] = tuple(np.dtype(c).str + repr(np.dtype(c).__reduce__())
+                           for c in ["f8", "f4", "f2", "i8", "u1", "b1"])
     return snap
 
 
@@ -139,7 +140,7 @@ MARKER = "MARKER_written_by_file"
 
 def crafted_files(d: Path) -> dict[str, tuple[Path, str]]:
     """name -> (file, words the refusal must contain). Each would change process state or run code if obeyed."""
-    slot = lambda attrs: NONE + attrs + b"\x86" + BUILD  # noqa: E731  BUILD (None, {...}): setattr on the target
+    slot = lambda attrs: NONE + attrs + b"\x86" + BUILD  # None, {...}: setattr on the target
     p = {
         "setattr_path_class": (G("pathlib", "PosixPath") + slot(D(__truediv__=G("builtins", "set"))), "type"),
         "setattr_rebuild_fn": (G("torch._utils", "_rebuild_tensor_v2") + slot(D(__defaults__=T(I(7)))), "function"),
@@ -174,7 +175,7 @@ def test_crafted_build_and_calls_are_refused_and_change_nothing(tmp_path, clean,
     load_checkpoint(clean)  # warm lazy imports, so the snapshot compares steady states
     files = crafted_files(tmp_path)
     before = snapshot()
-    for name, (f, words) in files.items():
+    for f, words in files.values():
         with pytest.raises(CheckpointError) as e:
             load_checkpoint(f)
         assert_one_line(e, f, words)
@@ -340,7 +341,7 @@ def fresh_process(clean, tmp_path_factory) -> dict:
 
 def bomb_files(d: Path) -> dict[str, tuple[Path, str]]:
     four = struct.pack("<f", 1.0)
-    sd = lambda t: PROTO + D(model=D(**{"model.0.conv.weight": t})) + STOP  # noqa: E731
+    sd = lambda t: PROTO + D(model=D(**{"model.0.conv.weight": t})) + STOP
     files = {
         # 2**28 floats (1 GiB) from one: stride 0
         "zero_stride": (sd(tensor("0", 1, 0, (1 << 28,), (0,))), {"0": four}, "claims 268435456 elements"),

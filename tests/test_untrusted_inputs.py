@@ -23,7 +23,7 @@ import yaml
 
 import detect
 import hubconf
-import models.experimental  # noqa: F401 (the backend imports it on first use: before any snapshot)
+import models.experimental  # the backend imports it on first use: before any snapshot
 import val
 from models.registry import YamlError, register
 from models.yolo import Model

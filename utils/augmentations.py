@@ -78,7 +78,7 @@ def box_candidates(box1: np.ndarray, box2: np.ndarray, wh_thr: float = 2, ar_thr
     return (w2 > wh_thr) & (h2 > wh_thr) & (w2 * h2 / (w1 * h1 + eps) > area_thr) & (ar < ar_thr)
 
 
-def random_perspective(im: np.ndarray, targets: np.ndarray = np.zeros((0, 5)), degrees: float = 10,
+def random_perspective(im: np.ndarray, targets: np.ndarray | None = None, degrees: float = 10,
                        translate: float = 0.1, scale: float = 0.1, shear: float = 10, perspective: float = 0.0,
                        border: tuple[int, int] = (0, 0)):
     """Random homography (rotation, scale, shear, translation, perspective) of an image and its xyxy pixel labels.
@@ -86,6 +86,7 @@ def random_perspective(im: np.ndarray, targets: np.ndarray = np.zeros((0, 5)), d
     border < 0 crops (used after mosaic: a 2s canvas becomes s). Boxes are the min/max of their warped corners,
     clipped, then filtered by box_candidates.
     """
+    targets = np.zeros((0, 5)) if targets is None else targets
     height = im.shape[0] + border[0] * 2
     width = im.shape[1] + border[1] * 2
 
@@ -107,7 +108,7 @@ def random_perspective(im: np.ndarray, targets: np.ndarray = np.zeros((0, 5)), d
     T[1, 2] = random.uniform(0.5 - translate, 0.5 + translate) * height
     M = T @ S @ R @ P @ C  # right to left: centre first, translate last
 
-    if border[0] or border[1] or (M != np.eye(3)).any():
+    if border[0] or border[1] or (np.eye(3) != M).any():
         fill = (PAD_VALUE,) * 3
         if perspective:
             im = cv2.warpPerspective(im, M, dsize=(width, height), borderValue=fill)

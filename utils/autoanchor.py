@@ -144,7 +144,8 @@ def kmean_anchors(dataset, n: int = 9, img_size: int = 640, thr: float = 4.0, ge
     wh0 = _label_wh(dataset, img_size)
     tiny = int((wh0 < 3.0).any(1).sum())
     if tiny:
-        LOGGER.info(f"{PREFIX}WARNING ⚠️ Extremely small objects found: {tiny} of {len(wh0)} labels are <3 pixels in size")
+        LOGGER.info(f"{PREFIX}WARNING ⚠️ Extremely small objects found: {tiny} of {len(wh0)} labels are "
+                    "<3 pixels in size")
     wh = wh0[(wh0 >= 2.0).any(1)].astype(np.float32)  # sub-2-px labels carry no usable shape
 
     if 0 < n <= len(wh):
@@ -152,7 +153,8 @@ def kmean_anchors(dataset, n: int = 9, img_size: int = 640, thr: float = 4.0, ge
         s[s == 0] = 1.0  # identical sizes on one axis: nothing to whiten
         k = kmeans(wh / s, n, iter=30, rng=rng)[0] * s
     else:
-        LOGGER.warning(f"{PREFIX}WARNING ⚠️ switching strategies from kmeans to random init ({len(wh)} labels < {n} anchors)")
+        LOGGER.warning(f"{PREFIX}WARNING ⚠️ switching strategies from kmeans to random init "
+                       f"({len(wh)} labels < {n} anchors)")
         k = np.sort(rng.rand(n * 2)).reshape(n, 2) * img_size
     wh_t, wh0_t = torch.tensor(wh, dtype=torch.float32), torch.tensor(wh0, dtype=torch.float32)
 

@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from utils.general import LOGGER, first_line
 
+
 class BackendError(ValueError):
     """A weights file the backend cannot use; the message names the file and the reason."""
 

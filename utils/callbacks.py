@@ -1,7 +1,7 @@
 """Training/validation hooks: named events that train.py and val.py fire and user code can subscribe to."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 HOOKS = (
     "on_pretrain_routine_start", "on_pretrain_routine_end",

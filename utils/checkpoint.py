@@ -55,7 +55,8 @@ def make_checkpoint(model, ema=None, optimizer=None, epoch: int = -1, best_fitne
     ckpt = {
         "format": FORMAT,
         "yaml": to_plain(m.yaml),
-        "names": {int(k): str(v) for k, v in dict(enumerate(m.names) if isinstance(m.names, (list, tuple)) else m.names).items()},
+        "names": {int(k): str(v) for k, v in
+                  dict(enumerate(m.names) if isinstance(m.names, (list, tuple)) else m.names).items()},
         "stride": [float(s) for s in m.stride],
         "epoch": int(epoch),
         "best_fitness": None if best_fitness is None else float(best_fitness),

@@ -24,8 +24,15 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, distributed
 from tqdm import tqdm
 
-from utils.augmentations import (DEFAULT_AUGMENT_HYP, augment_hsv, copy_paste, letterbox, mixup, random_flip,
-                                 random_perspective)
+from utils.augmentations import (
+    DEFAULT_AUGMENT_HYP,
+    augment_hsv,
+    copy_paste,
+    letterbox,
+    mixup,
+    random_flip,
+    random_perspective,
+)
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
 from utils.general import LOGGER, ROOT, TQDM_BAR_FORMAT, first_line, load_yaml, resolve_file
 

@@ -1,8 +1,8 @@
 """Hyperparameter evolution (train.py --evolve): mutate the best hyps so far, train, keep a table of outcomes."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import yaml

@@ -301,7 +301,10 @@ class DetectionMetrics:
             correct, conf, cls = correct[o], conf[o], cls[o]
         tpc, fpc, p, r, f1, ap, classes, curves = ap_per_class(correct, conf, cls, tcls, plot, save_dir, names)
         ap50, apm = (ap[:, 0], ap.mean(1)) if len(classes) else (np.zeros(0), np.zeros(0))
-        mean = (lambda x: float(x.mean()) if len(x) else 0.0)
+
+        def mean(x):
+            return float(x.mean()) if len(x) else 0.0
+
         maps = np.zeros(self.nc)
         maps[:] = mean(apm)
         valid = classes < self.nc

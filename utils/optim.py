@@ -7,7 +7,7 @@ group 2 normalisation-layer weights (no decay: decaying a BN scale only fights t
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

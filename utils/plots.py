@@ -12,11 +12,11 @@ import cv2
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from utils.boxes import xywh2xyxy  # noqa: E402
+from utils.boxes import xywh2xyxy
 
 
 class Colors:

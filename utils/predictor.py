@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from utils.augmentations import letterbox
 from utils import backends
+from utils.augmentations import letterbox
 from utils.backends import DetectBackend
 from utils.boxes import clip_boxes, xywh2xyxy, xyxy2xywh, xyxy2xywhn
 from utils.dataloaders import imread

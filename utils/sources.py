@@ -298,9 +298,9 @@ class LoadStreams:
         try:
             while True:
                 with self.cond:
-                    self.cond.wait_for(lambda: self._stop or any(q > l for q, l in zip(self.seq, last))
+                    self.cond.wait_for(lambda: self._stop or any(q > seen for q, seen in zip(self.seq, last))
                                        or not any(self.alive))
-                    if self._stop or all(q == l for q, l in zip(self.seq, last)):
+                    if self._stop or all(q == seen for q, seen in zip(self.seq, last)):
                         return
                     snap = [(im, q) for im, q in zip(self.imgs, self.seq)]
                 frames = []

@@ -25,13 +25,15 @@ def select_device(device: str | torch.device = "", batch_size: int = 0, newline:
         return device
     device = str(device).strip().lower().replace("cuda:", "").replace("none", "")
     if device == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = "-1" if not torch.cuda.is_available() else os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        os.environ["CUDA_VISIBLE_DEVICES"] = "-1" if not torch.cuda.is_available() else visible
         return torch.device("cpu")
     if device in ("mps",):
         return torch.device("mps")
     if device:
         if not torch.cuda.is_available():
-            raise ValueError(f"Invalid CUDA '--device {device}' requested, use '--device cpu' or pass valid CUDA device(s)")
+            raise ValueError(f"Invalid CUDA '--device {device}' requested, use '--device cpu' or pass valid "
+                             "CUDA device(s)")
         first = device.split(",")[0]
         return torch.device(f"cuda:{first}" if LOCAL_RANK == -1 else f"cuda:{LOCAL_RANK}")
     if torch.cuda.is_available():
@@ -107,11 +109,14 @@ def model_flops(model: nn.Module, img_size=640) -> float | None:
 
 
 def model_info(model: nn.Module, verbose: bool = False, img_size=640) -> tuple:
-    """Log '<name> summary: L layers, P parameters, G gradients, X GFLOPs' and return (layers, params, grads, gflops)."""
+    """Log '<name> summary: L layers, P parameters, G gradients, X GFLOPs'.
+
+    Returns (layers, params, grads, gflops)."""
     n_p = sum(x.numel() for x in model.parameters())
     n_g = sum(x.numel() for x in model.parameters() if x.requires_grad)
     if verbose:
-        LOGGER.info(f"{'layer':>5} {'name':>40} {'gradient':>9} {'parameters':>12} {'shape':>20} {'mu':>10} {'sigma':>10}")
+        LOGGER.info(f"{'layer':>5} {'name':>40} {'gradient':>9} {'parameters':>12} {'shape':>20} {'mu':>10} "
+                    f"{'sigma':>10}")
         for i, (name, p) in enumerate(model.named_parameters()):
             LOGGER.info(f"{i:5g} {name:>40} {str(p.requires_grad):>9} {p.numel():12g} {str(list(p.shape)):>20} "
                         f"{p.mean():10.3g} {p.std() if p.numel() > 1 else 0:10.3g}")

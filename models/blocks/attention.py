@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.layers import SE, block_act, keep_channels  # noqa: F401  (SE and keep_channels: old import path)
+from models.layers import SE, block_act, keep_channels  # SE and keep_channels: old import path
 from models.registry import register
 
 

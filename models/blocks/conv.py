@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.layers import Conv, DWConv, autopad, default_activation, fuse_conv_and_bn, make_act  # noqa: F401
+from models.layers import Conv, DWConv, autopad, default_activation, fuse_conv_and_bn, make_act
 from models.registry import register
 
 

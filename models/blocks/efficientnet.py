@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.layers import SE, Conv, DropPath, DWConv  # noqa: F401  (DropPath: old import path)
+from models.layers import SE, Conv, DropPath, DWConv  # DropPath: old import path
 from models.registry import register
 
 

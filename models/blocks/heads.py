@@ -83,7 +83,8 @@ class Detect(nn.Module):
 
     def decode(self, i: int, xi: torch.Tensor) -> torch.Tensor:
         """Raw level output (bs, na, ny, nx, no) -> (bs, na*ny*nx, no) with xywh in input pixels."""
-        if self.grid[i].shape[2:4] != xi.shape[2:4] or self.grid[i].device != xi.device or torch.onnx.is_in_onnx_export():
+        if (self.grid[i].shape[2:4] != xi.shape[2:4] or self.grid[i].device != xi.device
+                or torch.onnx.is_in_onnx_export()):
             self.grid[i], self.anchor_grid[i] = self._make_grid(xi.shape[3], xi.shape[2], i)
         return decode_level(xi, self.grid[i], self.anchor_grid[i], self.stride[i])
 
@@ -130,7 +131,8 @@ class Segment(Detect):
 
     def decode(self, i: int, xi: torch.Tensor) -> torch.Tensor:
         bs, _, ny, nx, _ = xi.shape
-        if self.grid[i].shape[2:4] != xi.shape[2:4] or self.grid[i].device != xi.device or torch.onnx.is_in_onnx_export():
+        if (self.grid[i].shape[2:4] != xi.shape[2:4] or self.grid[i].device != xi.device
+                or torch.onnx.is_in_onnx_export()):
             self.grid[i], self.anchor_grid[i] = self._make_grid(nx, ny, i)
         xy, wh, conf, mask = xi.split((2, 2, self.nc + 1, self.nm), 4)
         xy = (xy.sigmoid() * 2 + self.grid[i]) * self.stride[i]

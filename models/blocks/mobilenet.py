@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.layers import SE, Conv, DWConv, block_act, round_channels  # noqa: F401  (round_channels: old path)
+from models.layers import SE, Conv, DWConv, block_act, round_channels  # round_channels: old path
 from models.registry import Row, YamlError, channels, register
 
 
@@ -48,7 +48,7 @@ class MobileNetV2_Block(nn.Module):
 
 
 @register
-class conv_bn_hswish(nn.Module):  # noqa: N801  (the lower-case name is the one MobileNetV3 yamls use)
+class conv_bn_hswish(nn.Module):  # the lower-case name is the one MobileNetV3 yamls use
     """MobileNetV3 stem (Howard et al., 2019): 3x3 conv, BN, hard-swish. The paper fixes hard-swish here, so the
     yaml's ``activation:`` key does not reach it."""
     yaml_args = "channels"

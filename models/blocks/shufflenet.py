@@ -4,12 +4,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.layers import Conv, DWConv, block_act, channel_shuffle  # noqa: F401  (channel_shuffle: old path)
+from models.layers import Conv, DWConv, block_act, channel_shuffle  # channel_shuffle: old path
 from models.registry import register
 
 
 @register
-class conv_bn_relu_maxpool(nn.Module):  # noqa: N801  (the name ShuffleNetV2 yamls use)
+class conv_bn_relu_maxpool(nn.Module):  # the name ShuffleNetV2 yamls use
     """ShuffleNetV2 stem (Ma et al., 2018): 3x3 stride-2 conv, BN, ReLU, then 3x3 stride-2 max-pool (/4). ReLU
     unless `act` or the yaml's ``activation:`` says otherwise (the name is the one YOLOv5-Lite yamls use)."""
     yaml_args = "channels"
@@ -24,7 +24,7 @@ class conv_bn_relu_maxpool(nn.Module):  # noqa: N801  (the name ShuffleNetV2 yam
 
 
 @register
-class ShuffleNetV2_Block(nn.Module):  # noqa: N801
+class ShuffleNetV2_Block(nn.Module):
     """ShuffleNetV2 unit (Ma et al., 2018): split (or copy at stride 2), transform one half, concat, shuffle.
     The 1x1 convs use the paper's ReLU unless `act` or the yaml's ``activation:`` says otherwise; the depthwise
     convs stay linear, as in the paper."""

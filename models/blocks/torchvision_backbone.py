@@ -10,9 +10,9 @@ A second argument is a local file with torchvision ImageNet weights (there is no
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -87,7 +87,9 @@ def fold_batchnorms(module: nn.Module) -> int:
 
 
 def load_state_dict_file(path: str | Path) -> dict:
-    """A state_dict from a local .pt/.pth file (bare or under 'state_dict'/'model'); relative paths also try the repo."""
+    """A state_dict from a local .pt/.pth file (bare or under 'state_dict'/'model').
+
+    Relative paths also try the repo."""
     p = Path(path)
     if not p.is_file() and not p.is_absolute() and (ROOT / p).is_file():
         p = ROOT / p

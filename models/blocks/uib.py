@@ -48,7 +48,7 @@ class UIB(nn.Module):
 
 
 @register
-class C3_UIB(CSPBase):  # noqa: N801
+class C3_UIB(CSPBase):
     """C3 (YOLOv5) with MobileNetV4 UIBs (Qin et al., 2024) as inner blocks; variant and expand ratio from the yaml."""
 
     def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True, g: int = 1, e: float = 0.5,

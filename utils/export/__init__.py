@@ -5,8 +5,14 @@ export.py is the script (run() and its CLI); everything a test or another tool r
 """
 from utils.export.common import ExportError, atomic_path, head_of, load_model, quiet_warnings
 from utils.export.graphs import DecodedModel, NMSModel, export_mode, graph_module, output_names
-from utils.export.int8 import (DEFAULT_CALIB_IMAGES, calibration_files, head_nodes, int8_activation_note,
-                               letterbox_rgb, quantize_int8)
+from utils.export.int8 import (
+                               DEFAULT_CALIB_IMAGES,
+                               calibration_files,
+                               head_nodes,
+                               int8_activation_note,
+                               letterbox_rgb,
+                               quantize_int8,
+)
 from utils.export.metadata import GRAPH_FORMATS, NMS_COLUMNS, export_metadata, model_names
 from utils.export.onnx import export_onnx, require_onnx, simplify_onnx
 from utils.export.torchscript import export_torchscript

@@ -46,7 +46,7 @@ def _scripted_select():
     Scripted, not traced, so its per-image loop and data-dependent sizes stay dynamic in a TorchScript file."""
     global _NMS_SCRIPT
     if _NMS_SCRIPT is None:
-        import torchvision  # noqa: F401  (registers torchvision::nms)
+        import torchvision  # registers torchvision::nms
 
         def select(boxes: torch.Tensor, scores: torch.Tensor, max_det: int, iou_thres: float,
                    conf_thres: float) -> torch.Tensor:

@@ -5,8 +5,8 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch.nn as nn
@@ -71,8 +71,13 @@ def quantize_int8(fp32_file: str | Path, int8_file: str | Path, data, imgsz, hea
     float: quantising the decode's pixel arithmetic costs mAP and saves hardly any time. head_convs=True also
     quantises the 1x1 convs (worth it at large nc; their logits then reach the float decode as int8)."""
     require_onnx(runtime=True)
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from tqdm import tqdm
 
     files = calibration_files(data, n_images)

@@ -18,12 +18,12 @@ def require_onnx(runtime: bool = False):
     """Import onnx (and onnxruntime); a missing package is a one-line error naming what to install."""
     missing = []
     try:
-        import onnx  # noqa: F401
+        import onnx
     except ImportError:
         missing.append("onnx")
     if runtime:
         try:
-            import onnxruntime  # noqa: F401
+            import onnxruntime
         except ImportError:
             missing.append("onnxruntime")
     if missing:
