@@ -141,7 +141,7 @@ def run(weights=ROOT / "yolov5s.pt", imgsz=(640, 640), batch_size: int = 1, devi
         opset: int = 17, nms: bool = False, raw: bool = False, int8: bool = False, data=None,
         conf_thres: float = 0.25, iou_thres: float = 0.45, max_det: int = 100, agnostic_nms: bool = False,
         calib_images: int = DEFAULT_CALIB_IMAGES, file=None, check_int8: bool = True,
-        int8_head_convs: bool = False, verify: bool = True) -> list[str]:
+        int8_head_convs: bool = False, int8_reduce_range: bool = False, verify: bool = True) -> list[str]:
     """Export weights to each format in include; returns the written files (next to the weights, e.g.
     best.pt -> best.onnx, best.torchscript, best_openvino_model/, best_ncnn_model/, best.mnn, best_int8.onnx).
     `file` overrides the output stem. verify: run each export in its runtime on a letterboxed image and on random
@@ -234,7 +234,7 @@ def run(weights=ROOT / "yolov5s.pt", imgsz=(640, 640), batch_size: int = 1, devi
         q = stem.with_name(stem.stem + "_int8.onnx")
         t = time.time()
         quantize_int8(fp32, q, data, imgsz, head_index=len(model.model) - 1, n_images=calib_images,
-                      head_convs=int8_head_convs)
+                      head_convs=int8_head_convs, reduce_range=int8_reduce_range)
         LOGGER.info(f"{colorstr('INT8:')} export success ✅ {time.time() - t:.1f}s, saved as {q} "
                     f"({q.stat().st_size / 1e6:.1f} MB)")
         note = int8_activation_note(model)
@@ -285,6 +285,8 @@ def parse_opt(argv=None):
     parser.add_argument("--no-int8-check", action="store_true", help="skip the FP32-vs-INT8 mAP comparison")
     parser.add_argument("--int8-head-convs", action="store_true", help="INT8: quantise the Detect 1x1 convs too "
                                                                        "(int8 logits; box decoding stays float)")
+    parser.add_argument("--int8-reduce-range", action="store_true", help="INT8: 7-bit weights, for x86 CPUs "
+                                                                         "without VNNI (avoids u8 x s8 saturation)")
     parser.add_argument("--conf-thres", type=float, default=0.25, help="--nms: confidence threshold")
     parser.add_argument("--iou-thres", type=float, default=0.45, help="--nms: NMS IoU threshold")
     parser.add_argument("--max-det", "--topk-all", type=int, default=100, help="--nms: max detections per image")
@@ -302,6 +304,7 @@ def main(opt) -> int:
                 int8=opt.int8, data=opt.data, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres,
                 max_det=opt.max_det, agnostic_nms=opt.agnostic_nms, calib_images=opt.calib_images,
                 check_int8=not opt.no_int8_check, int8_head_convs=opt.int8_head_convs,
+                int8_reduce_range=opt.int8_reduce_range,
                 verify=not opt.no_verify)
     except (ExportError, ImportError, FileNotFoundError, ValueError) as e:
         LOGGER.error(f"ERROR: {first_line(e)}")

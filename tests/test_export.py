@@ -407,6 +407,39 @@ def test_int8_note_advises_relu_only_for_silu_models():
     assert export.int8_activation_note(Model("yolov5n_ReLU.yaml", verbose=False)) is None
 
 
+def test_int8_reduce_range_stores_7_bit_weights(checkpoint, tiny_data, tmp_path):
+    """--int8-reduce-range: every quantised conv weight lies in [-64, 64], so a non-VNNI CPU's u8 x s8 pair sums cannot
+    saturate; the default uses the full int8 range."""
+    from onnx import numpy_helper
+
+    def weight_range(f):
+        proto = onnx.load(f)
+        init = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+        w = [init[n.input[0]] for n in proto.graph.node if n.op_type == "DequantizeLinear"
+             and n.input[0] in init and init[n.input[0]].dtype == np.int8 and init[n.input[0]].ndim == 4]
+        assert w, "quantised conv weights expected"
+        return min(int(a.min()) for a in w), max(int(a.max()) for a in w)
+
+    full = export.run(weights=checkpoint, imgsz=(64, 64), include="onnx", int8=True, data=tiny_data,
+                      calib_images=2, file=tmp_path / "full", check_int8=False, verify=False)[1]
+    reduced = export.run(weights=checkpoint, imgsz=(64, 64), include="onnx", int8=True, data=tiny_data,
+                         calib_images=2, file=tmp_path / "r", check_int8=False, verify=False, int8_reduce_range=True)[1]
+    lo, hi = weight_range(full)
+    assert lo <= -100 or hi >= 100  # symmetric per-channel weights reach +-127 at each channel's extreme
+    lo, hi = weight_range(reduced)
+    assert lo >= -64 and hi <= 64  # two u8 x s8 products then sum to at most 2 * 255 * 64 < 2^15
+
+
+@pytest.mark.parametrize("flags, lacks", [("fpu sse2 avx2 fma", True), ("sse2 avx2 avx512f avx512_vnni", False),
+                                          ("sse2 avx2 avx_vnni", False), ("neon asimd", False)])
+def test_cpu_lacks_vnni_reads_cpu_flags(tmp_path, flags, lacks):
+    from utils.export.int8 import cpu_lacks_vnni
+    f = tmp_path / "cpuinfo"
+    f.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert cpu_lacks_vnni(f) is lacks
+    assert cpu_lacks_vnni(tmp_path / "missing") is False
+
+
 def test_int8_quantises_backbone_and_keeps_head_float(checkpoint, tiny_data, tmp_path, log_lines):
     files = export.run(weights=checkpoint, imgsz=(64, 64), include="onnx", int8=True, data=tiny_data,
                        calib_images=4, file=tmp_path / "q", check_int8=False)

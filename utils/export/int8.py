@@ -64,13 +64,29 @@ def head_nodes(proto, head_index: int) -> list[str]:
     return [n.name for n in nodes if id(n) in seen and n.name]
 
 
+def cpu_lacks_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """True on an x86 CPU whose flags show AVX2 but no VNNI (AVX512_VNNI or AVX_VNNI); False where unknown."""
+    try:
+        flags = next((ln.split(":", 1)[1].split() for ln in Path(cpuinfo).read_text().splitlines()
+                      if ln.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx2" in flags and not {"avx512_vnni", "avx_vnni"} & set(flags)
+
+
 def quantize_int8(fp32_file: str | Path, int8_file: str | Path, data, imgsz, head_index: int,
-                  n_images: int = DEFAULT_CALIB_IMAGES, per_channel: bool = True, head_convs: bool = False) -> Path:
+                  n_images: int = DEFAULT_CALIB_IMAGES, per_channel: bool = True, head_convs: bool = False,
+                  reduce_range: bool = False) -> Path:
     """Post-training static INT8 (QDQ, per-channel weights) with ONNX Runtime, calibrated on n letterboxed train
     images (Jacob et al., 2018; ORT QDQ format). The Detect layer (its 1x1 convs and the box decoding) stays
     float: quantising the decode's pixel arithmetic costs mAP and saves hardly any time. head_convs=True also
-    quantises the 1x1 convs (worth it at large nc; their logits then reach the float decode as int8)."""
+    quantises the 1x1 convs (worth it at large nc; their logits then reach the float decode as int8).
+    reduce_range=True stores 7-bit weights: x86 CPUs without VNNI multiply u8 x s8 pairs into a 16-bit sum that
+    can saturate (ONNX Runtime's and OpenVINO's documented caveat), which 7-bit weights avoid at a small cost."""
     require_onnx(runtime=True)
+    if not reduce_range and cpu_lacks_vnni():
+        LOGGER.warning("WARNING ⚠️ this CPU has no VNNI: its INT8 kernels can saturate u8 x s8 products and lose "
+                       "accuracy; export with --int8-reduce-range for INT8 models meant for such CPUs")
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -112,6 +128,7 @@ def quantize_int8(fp32_file: str | Path, int8_file: str | Path, data, imgsz, hea
             quantize_static(str(src), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
+                            reduce_range=reduce_range,
                             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
         proto = onnx.load(str(tmp))
         meta = {p.key: p.value for p in onnx.load(str(fp32_file), load_external_data=False).metadata_props}
