@@ -30,8 +30,8 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
 from utils.general import LOGGER, TQDM_BAR_FORMAT, clean_str, colorstr, first_line, increment_path, safe_path_component
-from utils.predictor import Detections, load, save_crop
-from utils.sources import Frame, LoadFiles, open_source
+from utils.inference.predictor import Detections, load, save_crop
+from utils.inference.sources import Frame, LoadFiles, open_source
 
 
 class VideoSink:

@@ -1,7 +1,7 @@
 """torch.hub entry points, offline from a local checkout:
 
     model = torch.hub.load('path/to/repo', 'custom', path='best.pt', source='local')   # .pt, .onnx, .torchscript
-    dets = model('img.jpg')            # list of utils.predictor.Detections: xyxy, conf, cls, labels
+    dets = model('img.jpg')            # list of utils.inference.predictor.Detections: xyxy, conf, cls, labels
     model = torch.hub.load('path/to/repo', 'yolov5n', pretrained=False, classes=5, source='local')  # untrained
 
 Nothing is downloaded: pretrained=True looks for <name>.pt in the working directory and the repo root.
@@ -17,13 +17,13 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # torch.hub takes the repo off sys.path after loading; our modules stay imported
 
-from utils.predictor import Predictor, TorchModelBackend, load, load_backend
+from utils.inference.predictor import Predictor, TorchModelBackend, load, load_backend
 from utils.torch_utils import select_device
 
 
 def custom(path="path/to/model.pt", autoshape: bool = True, _verbose: bool = True, device=None, **kwargs):
     """A trained model from a weights file: a callable Predictor (autoshape=True), else the bare model/backend.
-    Extra kwargs (conf_thres, iou_thres, imgsz, classes, max_det, trusted, ...) go to utils.predictor.load;
+    Extra kwargs (conf_thres, iou_thres, imgsz, classes, max_det, trusted, ...) go to utils.inference.predictor.load;
     trusted=True is needed for a .torchscript file, which runs the code it carries."""
     dev = select_device("" if device is None else device)
     if autoshape:

@@ -38,9 +38,6 @@ if str(ROOT) not in sys.path:
 
 import val as validate
 from models.yolo import Model
-from utils.augmentations import multi_scale
-from utils.autoanchor import check_anchors
-from utils.callbacks import Callbacks
 from utils.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -49,12 +46,10 @@ from utils.checkpoint import (
     strip_optimizer,
     to_plain,
 )
-from utils.dataloaders import check_dataset, create_dataloader
-from utils.evolve import EVOLVE_META, evolve, mutate_hyp  # EVOLVE_META, mutate_hyp: train.X
+from utils.data.augmentations import multi_scale
+from utils.data.dataloaders import check_dataset, create_dataloader
 from utils.general import LOGGER, TQDM_BAR_FORMAT, check_img_size, check_yaml, colorstr, increment_path
-from utils.loss import ComputeLoss
 from utils.metrics import fitness
-from utils.optim import OPTIMIZERS, lr_lambda, smart_optimizer, warmup_iterations, warmup_step
 from utils.torch_utils import (
     LOCAL_RANK,
     RANK,
@@ -87,6 +82,11 @@ from utils.training import (
     transfer_weights,
     wrap_ddp,
 )
+from utils.training.autoanchor import check_anchors
+from utils.training.callbacks import Callbacks
+from utils.training.evolve import EVOLVE_META, evolve, mutate_hyp  # EVOLVE_META, mutate_hyp: train.X
+from utils.training.loss import ComputeLoss
+from utils.training.optim import OPTIMIZERS, lr_lambda, smart_optimizer, warmup_iterations, warmup_step
 
 TQDM_FORMAT = TQDM_BAR_FORMAT  # the one bar format of every script (utils.general)
 GRAD_CLIP_NORM = 10.0
@@ -624,7 +624,7 @@ def main(opt: argparse.Namespace, callbacks: Callbacks | None = None) -> argpars
 
 def run(**kwargs) -> argparse.Namespace:
     """Train from Python with flag-named keywords, e.g. run(data='shapes.yaml', cfg='yolov5n.yaml', imgsz=128).
-    A `callbacks` keyword (utils.callbacks.Callbacks) subscribes to training events. Returns the final opt."""
+    A `callbacks` keyword (utils.training.callbacks.Callbacks) subscribes to training events. Returns the final opt."""
     callbacks = kwargs.pop("callbacks", None)
     opt = parse_opt(True, argv=[])
     for k, v in kwargs.items():

@@ -136,7 +136,7 @@ def run(data, weights=None, batch_size: int = 32, imgsz: int = 640, conf_thres: 
         trust_weights: bool = False):
     """Validate; returns ((P, R, mAP50, mAP50-95, box, obj, cls losses), per-class mAP50-95 (nc,),
     (pre-process, inference, NMS) ms per image). Called by train.py with model= and dataloader=."""
-    from utils.dataloaders import check_dataset, create_dataloader
+    from utils.data.dataloaders import check_dataset, create_dataloader
 
     training = model is not None
     if training:  # called by train.py: the model is already on its device

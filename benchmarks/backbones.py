@@ -200,7 +200,7 @@ def run(data="data/shapes.yaml", imgsz: int = 320, cfgs=("models/yolov5n*.yaml",
     backbones.csv/.png/.md there, or into `out` when given, and returns the rows."""
     from tqdm import tqdm
 
-    from utils.dataloaders import check_dataset
+    from utils.data.dataloaders import check_dataset
     if epochs < 0:
         raise ValueError(f"--epochs must be >= 0, got {epochs}")
     cfgs = expand_cfgs(cfgs)

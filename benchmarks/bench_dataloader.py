@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from utils.dataloaders import check_dataset, create_dataloader
+from utils.data.dataloaders import check_dataset, create_dataloader
 from utils.general import check_yaml, load_yaml
 
 

@@ -71,7 +71,7 @@ def time_val_pipeline(imgsz: int, batch: int, n_batches: int = 3) -> float | Non
         import torch
 
         from models.yolo import Model
-        from utils.nms import non_max_suppression
+        from utils.inference.nms import non_max_suppression
     except Exception as e:  # the core may be missing in a partial checkout
         print(f"skipping the val-time estimate: {e}")
         return None

@@ -15,11 +15,11 @@ import time
 
 import torch
 
-import utils.nms as nms_module
+import utils.inference.nms as nms_module
 from utils import backends
 from utils.backends import DetectBackend
 from utils.boxes import scale_boxes, xywh2xyxy
-from utils.dataloaders import check_dataset, create_dataloader
+from utils.data.dataloaders import check_dataset, create_dataloader
 from utils.metrics import DetectionMetrics, xyxy2coco
 
 VAL_NMS = dict(conf_thres=0.001, iou_thres=0.6, multi_label=True, max_det=300)

@@ -25,11 +25,11 @@ import torch
 
 from benchmarks.bench_dataloader import loader_throughput
 from models.yolo import Model
-from utils.dataloaders import check_dataset, create_dataloader
+from utils.data.dataloaders import check_dataset, create_dataloader
 from utils.general import check_yaml, load_yaml
-from utils.loss import ComputeLoss
-from utils.optim import smart_optimizer
 from utils.torch_utils import ModelEMA
+from utils.training.loss import ComputeLoss
+from utils.training.optim import smart_optimizer
 
 
 def train_step_throughput(cfg: str, batches: list, nc: int, imgsz: int, hyp: dict, steps: int) -> float:

@@ -22,9 +22,9 @@ from models.blocks.heads import Detect, Segment  # Segment: YOLOv5 scripts impor
 from models.layers import default_activation
 from models.limits import MAX_REPEATS, check_header, preflight
 from models.registry import Row, YamlError, parse_activation, policy_of, resolve_arg, resolve_module
-from utils.autoanchor import check_anchor_order
 from utils.general import LOGGER, check_yaml, first_line, load_yaml
 from utils.torch_utils import initialize_weights, model_info, profile_layers, scale_img
+from utils.training.autoanchor import check_anchor_order
 
 PROBE_SIZE = 256  # strides are measured on a zeros(1, ch, 256, 256) forward, as YOLOv5 does
 

@@ -477,7 +477,7 @@ def postprocess(preds, conf_thres: float, iou_thres: float, classes=None, agnost
     detect.py, val.py, the predictor API and the benchmarks all call this (tests patch it to prove so)."""
     if end2end:
         return [filter_detections(d, conf_thres, classes, max_det) for d in preds]
-    from utils.nms import non_max_suppression
+    from utils.inference.nms import non_max_suppression
     pred = preds[0] if isinstance(preds, (list, tuple)) else preds
     return non_max_suppression(pred.float(), conf_thres, iou_thres, classes, agnostic, multi_label, max_det=max_det)
 

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from models.blocks.heads import Segment
 from utils.export.common import ExportError, head_of
-from utils.nms import MAX_WH
+from utils.inference.nms import MAX_WH
 
 
 @contextlib.contextmanager
@@ -82,7 +82,7 @@ class _OnnxNMS(torch.autograd.Function):
 
 class NMSModel(nn.Module):
     """Model + NMS (Neubeck & Van Gool, 2006) in one graph: (N, 3, H, W) -> (K, 7) rows
-    [image, x1, y1, x2, y2, conf, cls], the same boxes as utils.nms.non_max_suppression (single label per box,
+    [image, x1, y1, x2, y2, conf, cls], the same boxes as utils.inference.nms.non_max_suppression (single label per box,
     conf = obj * best class score, per-class NMS via the class coordinate offset, at most max_det per image)."""
 
     def __init__(self, model: nn.Module, conf_thres: float = 0.25, iou_thres: float = 0.45, max_det: int = 100,

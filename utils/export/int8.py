@@ -22,7 +22,7 @@ def letterbox_rgb(path: str, imgsz) -> np.ndarray | None:
     """One image as the detector sees it at a fixed shape: letterboxed (pad 114), RGB, (1, 3, h, w) float 0-1."""
     import cv2
 
-    from utils.augmentations import letterbox
+    from utils.data.augmentations import letterbox
     im = cv2.imread(str(path))
     if im is None:
         LOGGER.warning(f"WARNING ⚠️ skipping unreadable calibration image {path}")
@@ -33,7 +33,7 @@ def letterbox_rgb(path: str, imgsz) -> np.ndarray | None:
 
 def calibration_files(data, n: int, split: str = "train", seed: int = 0) -> list[str]:
     """n images spread evenly over the dataset split (deterministic)."""
-    from utils.dataloaders import check_dataset, list_image_files
+    from utils.data.dataloaders import check_dataset, list_image_files
     d = check_dataset(data)
     files = list_image_files(d[split])
     if n <= 0:

@@ -55,11 +55,11 @@ def reference_inputs(imgsz, batch: int = 1, image: str | Path | None = None, see
     (batch, 3, h, w) float32 RGB 0-1, the input the detector sees."""
     import cv2
 
-    from utils.augmentations import letterbox
+    from utils.data.augmentations import letterbox
     h, w = int(imgsz[0]), int(imgsz[1])
     im = cv2.imread(str(image)) if image is not None else None
     if im is None:
-        from utils.synthetic import render_image
+        from utils.data.synthetic import render_image
         im = render_image(seed, max(h, w))[0]
         im = cv2.resize(im, (max(h, w), max(1, max(h, w) * 3 // 4)))  # 4:3, so the letterbox pads as for a photo
     im = letterbox(im, (h, w), auto=False)[0]

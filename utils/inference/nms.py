@@ -1,0 +1,180 @@
+"""Non-maximum suppression over decoded YOLO predictions: candidates gathered for the whole batch at once, then
+greedy NMS per image on a growing window of the top-scoring candidates only.
+
+Why the window is exact: greedy NMS visits candidates in score order and a candidate's fate depends only on the
+survivors before it, so the first `max_det` survivors of any prefix of that order are the first `max_det`
+survivors of the whole list. A prefix that already yields `max_det` survivors ends the search; otherwise the
+next prefix only has to be checked against the survivors so far (suppressed boxes never suppress anything).
+The order is score-descending with ties kept in candidate order (a stable sort), and every window includes all
+candidates tied with its last score, so a window is always a prefix of that one order.
+"""
+from __future__ import annotations
+
+import torch
+import torchvision
+
+from utils.boxes import xywh2xyxy
+
+MAX_WH = 7680  # class offset in pixels: boxes of different classes never overlap after the shift
+WINDOW = 2  # first window = WINDOW * max_det candidates (measured best at conf 0.001, benchmarks/bench_nms.py)
+
+
+def _check_thresholds(conf_thres: float, iou_thres: float) -> None:
+    if not 0 <= conf_thres <= 1:
+        raise ValueError(f"conf_thres={conf_thres} must be in [0, 1]")
+    if not 0 <= iou_thres <= 1:
+        raise ValueError(f"iou_thres={iou_thres} must be in [0, 1]")
+
+
+def _candidates(prediction: torch.Tensor, conf_thres: float, labels, nc: int, nm: int):
+    """Rows above the objectness prefilter for the whole batch, (image index, rows), grouped by image in anchor
+    order; ground-truth rows for auto-labelling go after their image's predictions."""
+    bi, ai = (prediction[..., 4] > conf_thres).nonzero(as_tuple=True)
+    x = prediction[bi, ai]
+    if labels and any(len(lb) for lb in labels):
+        extra_i, extra_x = [bi], [x]
+        for xi, lb in enumerate(labels):
+            if len(lb):
+                v = torch.zeros((len(lb), nc + nm + 5), device=x.device, dtype=x.dtype)
+                v[:, :4] = lb[:, 1:5]
+                v[:, 4] = 1.0
+                v[torch.arange(len(lb)), lb[:, 0].long() + 5] = 1.0
+                extra_i.append(torch.full((len(lb),), xi, device=x.device, dtype=bi.dtype))
+                extra_x.append(v)
+        bi, x = torch.cat(extra_i), torch.cat(extra_x)
+        order = bi.sort(stable=True)[1]  # stable: each image keeps predictions first, then its labels
+        bi, x = bi[order], x[order]
+    return bi, x
+
+
+def _detections(bi: torch.Tensor, x: torch.Tensor, conf_thres: float, nc: int, multi_label: bool, classes):
+    """Every (box, class) above conf_thres as index vectors (image, row of x, score, class id as a float); the
+    rows themselves are gathered only for the few candidates NMS looks at."""
+    scores = x[:, 5:5 + nc] * x[:, 4:5]
+    if multi_label:
+        row, j = (scores > conf_thres).nonzero(as_tuple=True)
+        score = scores[row, j]
+    else:
+        conf, j = scores.max(1)
+        row = (conf > conf_thres).nonzero(as_tuple=True)[0]
+        score, j = conf[row], j[row]
+    cls = j.to(torch.promote_types(x.dtype, torch.float32))  # as before: fp16 input gets float32 class ids
+    if classes is not None:
+        keep = (cls[:, None] == torch.tensor(classes, device=x.device)).any(1)
+        row, score, cls = row[keep], score[keep], cls[keep]
+    return bi[row], row, score, cls
+
+
+class _Shifted:
+    """boxes[idx] -> xyxy boxes of those candidates plus their class offset, computed on demand (the same float
+    ops as shifting every candidate up front, so the same values)."""
+
+    def __init__(self, xyxy: torch.Tensor, row: torch.Tensor, offset: torch.Tensor):
+        self.xyxy, self.row, self.offset = xyxy, row, offset
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        return self.xyxy[self.row[idx]] + self.offset[idx, None]
+
+
+def _ranked_nms(boxes: torch.Tensor, iou_thres: float) -> torch.Tensor:
+    """torchvision NMS on boxes already in visiting order (strictly decreasing dummy scores fix the order)."""
+    ranks = torch.arange(len(boxes), 0, -1, device=boxes.device, dtype=boxes.dtype)  # exact below 2**24
+    return torchvision.ops.nms(boxes, ranks, iou_thres)
+
+
+def _grouped_nms(boxes: torch.Tensor, groups: torch.Tensor | None, iou_thres: float) -> torch.Tensor:
+    """_ranked_nms, one call per group (class): torchvision compares every survivor with every later box, so
+    splitting g classes cuts that work ~g times. Exact only when boxes of different groups cannot overlap, which
+    the caller guarantees (non_max_suppression checks the class offset separates them)."""
+    n = len(boxes)
+    if groups is None or n < 256:  # small: the per-call overhead (~20 us) outweighs the saving
+        return _ranked_nms(boxes, iou_thres)
+    g, perm = groups.sort(stable=True)  # class-major, visiting order kept within a class
+    _, counts = torch.unique_consecutive(g, return_counts=True)
+    if len(counts) == 1 or n * n < 16000 * len(counts):
+        return _ranked_nms(boxes, iou_thres)
+    keep, start = [], 0
+    for c in counts.tolist():
+        part = perm[start:start + c]
+        keep.append(part[_ranked_nms(boxes[part], iou_thres)])
+        start += c
+    return torch.cat(keep).sort()[0]  # back to visiting order
+
+
+def greedy_nms_topk(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float, max_det: int,
+                    max_nms: int = 30000, window: int | None = None,
+                    groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices of the first max_det survivors of greedy NMS over the top max_nms of (boxes, scores) in stable
+    score-descending order, the same as torchvision.ops.nms on that sorted list, cut to max_det; work grows with
+    the window needed to find max_det survivors instead of with the number of candidates. groups (class ids),
+    when given, lets each window run per class: only valid if boxes of different groups cannot overlap."""
+    n = len(scores)
+    cap = min(n, max_nms)
+    k = max(window or WINDOW * max_det, 1)
+    if cap <= 2 * k:  # small: one sort and one call
+        order = scores.sort(descending=True, stable=True)[1][:cap]
+        g = None if groups is None else groups[order]
+        return order[_grouped_nms(boxes[order], g, iou_thres)[:max_det]]
+    kept = torch.zeros(0, dtype=torch.long, device=scores.device)
+    upper = None  # scores >= upper are already processed
+    done = 0
+    while True:
+        final = k >= cap
+        if not final:
+            t = scores.topk(k, sorted=False).values.min()  # k-th largest score; ties with it join the window
+            sel = scores >= t if upper is None else (scores >= t) & (scores < upper)
+        else:
+            sel = torch.ones_like(scores, dtype=torch.bool) if upper is None else scores < upper
+        idx = sel.nonzero(as_tuple=True)[0]
+        final = final or done + len(idx) >= cap
+        idx = idx[scores[idx].sort(descending=True, stable=True)[1]]
+        if final:
+            idx = idx[:cap - done]
+        cand = torch.cat((kept, idx))
+        kept = cand[_grouped_nms(boxes[cand], None if groups is None else groups[cand], iou_thres)]
+        if final or len(kept) >= max_det:
+            return kept[:max_det]
+        done += len(idx)
+        upper = t
+        # grow to where the survivor rate so far predicts max_det survivors, at least doubling
+        k = max(2 * k, int(k * max_det / max(len(kept), 1) * 1.25))
+
+
+def non_max_suppression(prediction, conf_thres: float = 0.25, iou_thres: float = 0.45, classes=None,
+                        agnostic: bool = False, multi_label: bool = False, labels=(), max_det: int = 300,
+                        nm: int = 0, max_nms: int = 30000) -> list[torch.Tensor]:
+    """Filter (bs, N, 5+nc+nm) predictions (xywh, obj, cls scores, masks) to per-image (k, 6+nm) tensors
+    x1, y1, x2, y2, conf, cls(, masks), sorted by conf. conf = obj * cls score. No time limit: every image is
+    processed. Of the candidates above conf_thres, the top max_nms by score enter greedy NMS (IoU > iou_thres
+    suppresses, per class unless agnostic) and the first max_det survivors are returned."""
+    _check_thresholds(conf_thres, iou_thres)
+    if isinstance(prediction, (list, tuple)):  # (decoded, raw) from an eval forward
+        prediction = prediction[0]
+    bs = prediction.shape[0]
+    nc = prediction.shape[2] - nm - 5
+    multi_label &= nc > 1
+    bi, x = _candidates(prediction, conf_thres, labels, nc, nm)
+    bi, row, score, cls = _detections(bi, x, conf_thres, nc, multi_label, classes)
+    out = [torch.zeros((0, 6 + nm), device=prediction.device)] * bs
+    if not len(score):
+        return out
+    xyxy, mask = xywh2xyxy(x[:, :4]), x[:, 5 + nc:]
+    offset = cls * (0 if agnostic else MAX_WH)
+    # per-class NMS gives the same survivors as one call on shifted boxes when the shift keeps classes apart:
+    # every box within a band narrower than MAX_WH (1 px margin for the float rounding of the shift)
+    lo, hi = xyxy.min(), xyxy.max()
+    groups = None if agnostic or not bool(hi - lo < MAX_WH - 1) else cls.long()
+    bounds = torch.cumsum(torch.bincount(bi, minlength=bs), 0).tolist()
+    start = 0
+    for xi, end in enumerate(bounds):
+        if end > start:
+            seg = slice(start, end)
+            keep = greedy_nms_topk(_Shifted(xyxy, row[seg], offset[seg]), score[seg], iou_thres, max_det, max_nms,
+                                   groups=None if groups is None else groups[seg])
+            r = row[seg][keep]
+            out[xi] = torch.cat((xyxy[r], score[seg][keep, None], cls[seg][keep, None], mask[r]), 1)
+        start = end
+    return out
