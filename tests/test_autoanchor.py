@@ -11,8 +11,8 @@ import torch.nn as nn
 
 ROOT = Path(__file__).resolve().parents[1]
 
-import utils.autoanchor as aa
-from utils.autoanchor import anchor_metrics, check_anchor_order, check_anchors, kmean_anchors, kmeans
+import utils.training.autoanchor as aa
+from utils.training.autoanchor import anchor_metrics, check_anchor_order, check_anchors, kmean_anchors, kmeans
 
 ANCHORS_PX = torch.tensor([[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]],
                           dtype=torch.float32).view(3, 3, 2)

@@ -32,7 +32,7 @@ from models.common import (
 from models.registry import YamlError
 from models.yolo import ROOT, Model
 from utils.torch_utils import model_flops
-from utils.transfer import transfer_mobilenet_v2
+from utils.training.transfer import transfer_mobilenet_v2
 
 MOBILENETV2_LAYER_PARAMS = [928, 896, 5136, 8832, 10000, 29696, 21056, 162816, 66624, 236544, 155264, 640000, 473920,
                             708928, 262656, 0, 0, 321024, 33024, 0, 0, 78592, 147712, 0, 296448, 590336, 0, 1182720,

@@ -13,7 +13,8 @@ import torch
 import yaml
 from PIL import Image
 
-from utils.augmentations import (
+from utils.boxes import scale_boxes, xywhn2xyxy
+from utils.data.augmentations import (
     DEFAULT_AUGMENT_HYP,
     box_candidates,
     copy_paste,
@@ -22,13 +23,12 @@ from utils.augmentations import (
     multi_scale,
     random_perspective,
 )
-from utils.boxes import scale_boxes, xywhn2xyxy
-from utils.convert import convert_coco, convert_voc
-from utils.convert import main as convert_main
-from utils.dataloaders import LoadImagesAndLabels, check_dataset, create_dataloader, img2label_paths
+from utils.data.convert import convert_coco, convert_voc
+from utils.data.convert import main as convert_main
+from utils.data.dataloaders import LoadImagesAndLabels, check_dataset, create_dataloader, img2label_paths
+from utils.data.synthetic import CLASSES, generate_shapes_dataset, render_image
+from utils.data.synthetic import main as synthetic_main
 from utils.plots import Annotator, colors, plot_images, plot_labels, plot_results
-from utils.synthetic import CLASSES, generate_shapes_dataset, render_image
-from utils.synthetic import main as synthetic_main
 
 ROOT = Path(__file__).resolve().parents[1]
 # one saturated colour per class (BGR), far apart so every pixel can be attributed to a class

@@ -19,8 +19,8 @@ from models.yolo import Model
 from tests.detections import FP32_BOX_REL, FP32_SCORE_TOL, compare_detections
 from utils.boxes import box_iou_np, xywhn2xyxy
 from utils.checkpoint import make_checkpoint, save_checkpoint
-from utils.predictor import load
-from utils.sources import LoadFiles, LoadStreams, SourceError, open_source
+from utils.inference.predictor import load
+from utils.inference.sources import LoadFiles, LoadStreams, SourceError, open_source
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = {0: "square", 1: "circle"}
@@ -90,8 +90,8 @@ def train_tiny(root: Path, seed: int = 0, n: int = 256, epochs: int = 20) -> Pat
     >= 0.86, one box per image. The previous recipe (128 images, 192 steps at a constant lr) fell to 7/12 with
     9-16 boxes per image at 2 threads, seed 2.
     """
-    from utils.dataloaders import create_dataloader
-    from utils.loss import ComputeLoss
+    from utils.data.dataloaders import create_dataloader
+    from utils.training.loss import ComputeLoss
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
     rng = np.random.default_rng(0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.detections import compare_detections
-from utils.nms import non_max_suppression
+from utils.inference.nms import non_max_suppression
 
 E = 1e-4  # score perturbation of obj and of each class score
 D = 0.05  # px perturbation of x, y, w, h

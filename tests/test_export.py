@@ -25,7 +25,7 @@ import export
 from models.yolo import Model
 from tests.detections import FP32_BOX_REL, FP32_SCORE_TOL, compare_detections
 from utils.backends import BackendError, DetectBackend, decode_raw, parse_names
-from utils.nms import non_max_suppression
+from utils.inference.nms import non_max_suppression
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 onnx = pytest.importorskip("onnx")

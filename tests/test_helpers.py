@@ -56,7 +56,7 @@ def _py_sources() -> dict[str, str]:
 
 
 @pytest.mark.parametrize("pattern, home", [
-    (r"def check_anchor_order\(", "utils/autoanchor.py"),
+    (r"def check_anchor_order\(", "utils/training/autoanchor.py"),
     (r"\{l_bar\}\{bar:10\}\{r_bar\}", "utils/general.py"),
     (r"cv2\.setNumThreads\(", "utils/general.py"),
     (r"except yaml\.YAMLError as e:\s+raise", "utils/general.py"),  # a yaml error turned into a one-line error

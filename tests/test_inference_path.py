@@ -13,8 +13,8 @@ import val
 from tests.test_val import NAMES, _tiny_model, _write_split
 from utils import backends
 from utils.checkpoint import make_checkpoint, save_checkpoint
-from utils.dataloaders import create_dataloader
-from utils.predictor import TorchModelBackend, load
+from utils.data.dataloaders import create_dataloader
+from utils.inference.predictor import TorchModelBackend, load
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from utils.loss import ComputeLoss, FocalLoss, smooth_BCE
+from utils.training.loss import ComputeLoss, FocalLoss, smooth_BCE
 
 FIXTURE = ROOT / "tests" / "fixtures" / "loss_reference.pt"
 SHARED_REF = ROOT.parent / "shared" / "reference" / "yolov5n_reference.pt"

@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 from utils.boxes import xywh2xyxy
-from utils.nms import MAX_WH, greedy_nms_topk, non_max_suppression
+from utils.inference.nms import MAX_WH, greedy_nms_topk, non_max_suppression
 
 CASES = {
     "conf0.25_iou0.45": dict(conf_thres=0.25, iou_thres=0.45, max_det=1000),

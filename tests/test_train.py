@@ -18,10 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import train
 from models.yolo import Model
-from utils.callbacks import Callbacks
 from utils.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
-from utils.optim import cosine_lr, linear_lr, param_groups, smart_optimizer, warmup_iterations, warmup_step
-from utils.synthetic import CLASSES, generate_shapes_dataset
+from utils.data.synthetic import CLASSES, generate_shapes_dataset
+from utils.training.callbacks import Callbacks
+from utils.training.optim import cosine_lr, linear_lr, param_groups, smart_optimizer, warmup_iterations, warmup_step
 
 BASE = dict(imgsz=64, batch_size=4, workers=0, exist_ok=False)
 NO_AUG = dict(mosaic=0.0, fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, translate=0.0, scale=0.0)

@@ -29,9 +29,9 @@ from models.registry import YamlError, register
 from models.yolo import Model
 from utils.backends import BackendError, DetectBackend
 from utils.checkpoint import make_checkpoint, save_checkpoint
-from utils.dataloaders import LoadImagesAndLabels
+from utils.data.dataloaders import LoadImagesAndLabels
 from utils.general import safe_path_component
-from utils.predictor import load
+from utils.inference.predictor import load
 
 pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning"),
               pytest.mark.filterwarnings("ignore:`torch.jit.save` is deprecated:FutureWarning")]
@@ -189,7 +189,7 @@ def test_unwritable_cache_folder_warns_and_loads(tmp_path, log_lines, monkeypatc
 
     def refuse(*a, **k):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr("utils.dataloaders.tempfile.mkstemp", refuse)  # a read-only folder (tests may run as root)
+    monkeypatch.setattr("utils.data.dataloaders.tempfile.mkstemp", refuse)  # a read-only folder (tests may run as root)
     ds = LoadImagesAndLabels(src, img_size=64)
     _assert_labels(ds, labels)
     assert not (tmp_path / "d" / "labels" / "train.cache").exists()

@@ -175,8 +175,8 @@ def test_val_table_speed_line_plots_and_txt(dataset, weights, tmp_path, log_line
 
 
 def test_training_mode_call_returns_losses(dataset, tmp_path):
-    from utils.dataloaders import check_dataset, create_dataloader
-    from utils.loss import ComputeLoss
+    from utils.data.dataloaders import check_dataset, create_dataloader
+    from utils.training.loss import ComputeLoss
     model = _tiny_model()
     model.hyp = {"box": 0.05, "obj": 1.0, "cls": 0.5, "cls_pw": 1.0, "obj_pw": 1.0, "anchor_t": 4.0,
                  "fl_gamma": 0.0, "label_smoothing": 0.0}
@@ -231,7 +231,7 @@ def test_yolov5_pickled_checkpoint_validates(dataset, tmp_path, monkeypatch):
 
 
 def _loader(dataset, batch_size: int = 4, rect: bool = True):
-    from utils.dataloaders import check_dataset, create_dataloader
+    from utils.data.dataloaders import check_dataset, create_dataloader
     return create_dataloader(check_dataset(str(dataset))["val"], 64, batch_size, 32, pad=0.5, rect=rect,
                              workers=0)[0]
 
