@@ -170,3 +170,11 @@ def test_openvino_int8_export_reports_fp32_and_int8_map_through_val(exported, tm
     ref = _map(data, ckpt, tmp_path, "pt")
     assert abs(fp - ref[3]) <= 0.005 and abs(fp50 - ref[2]) <= 0.005
     assert 0.1 < q50 <= 1 and 0 < q <= 1  # 0.74 FP32 -> 0.74 INT8 mAP50 measured here
+
+
+@needs_all
+def test_bench_nms_times_an_export(exported):
+    from benchmarks import bench_nms
+    _, data, files = exported
+    ms = bench_nms.run(str(files["ncnn"]), str(data), imgsz=S, batch=4, old=False, repeat=1)
+    assert ms["images"] == 6 and ms["inference"] > 0 and ms["map50"] > 0.3  # the model's own labels: 0.745 in val
