@@ -141,6 +141,11 @@ def test_incomplete_or_bad_exports_are_one_line_errors(exported, tmp_path):
         (bad / "metadata.yaml").write_text(text)
         with pytest.raises(BackendError, match=msg):
             DetectBackend(bad)
+    junk = tmp_path / "junk.mnn"  # a file that is no MNN model, with a valid sidecar
+    junk.write_bytes(bytes(range(256)) * 20)
+    shutil.copy(files["mnn"].with_name("m.mnn.yaml"), tmp_path / "junk.mnn.yaml")
+    with pytest.raises(BackendError, match="'.*junk.mnn' cannot be loaded by mnn"):
+        DetectBackend(junk)
 
 
 @pytest.mark.parametrize("module,suffix", [("openvino", "_openvino_model"), ("ncnn", "_ncnn_model"), ("MNN", ".mnn")])
