@@ -9,6 +9,7 @@ Usage:
                                                  0                 # webcam
                                                  rtsp://host/live  # rtsp, rtmp, http stream
     python detect.py --weights best.onnx ...                       # exported .onnx too
+    python detect.py --weights best_ncnn_model ...                 # best_openvino_model, best.mnn too
     python detect.py --weights best.torchscript --trust-weights ...  # TorchScript runs its own code: opt in
 
 Outputs go to runs/detect/exp{,2,...}: annotated images, annotated .mp4 videos, labels/<stem>[_<frame>].txt
@@ -169,7 +170,7 @@ def run(weights=ROOT / "yolov5s.pt", source=ROOT / "data/images", data=None, img
 def parse_opt(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="YOLOv5-compatible detection on images, videos and streams")
     p.add_argument("--weights", nargs="+", type=str, default=str(ROOT / "yolov5s.pt"),
-                   help="model .pt, .onnx or .torchscript")
+                   help="model .pt, .onnx, .torchscript, .mnn, _openvino_model/ or _ncnn_model/")
     p.add_argument("--source", type=str, default=str(ROOT / "data/images"),
                    help="file/dir/glob/.txt list/video/webcam index/URL")
     p.add_argument("--data", type=str, default=None, help="(optional) dataset.yaml for class names")

@@ -95,7 +95,7 @@ def _check_int8(fp32: Path, q: Path, data, imgsz, dynamic: bool) -> None:
         return
     try:
         compare_int8(fp32, q, data, imgsz[0])
-    except (ValueError, FileNotFoundError) as e:  # val.py's backend cannot read this format (yet)
+    except (ValueError, FileNotFoundError) as e:  # a folder val.py cannot run: the export itself stands
         if q.suffix == ".onnx":
             raise
         LOGGER.warning(f"WARNING ⚠️ FP32-vs-INT8 mAP check skipped: val.py cannot run {q.name} ({first_line(e)})")

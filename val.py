@@ -4,6 +4,7 @@ Usage:
     python val.py --data shapes.yaml --weights runs/train/exp/weights/best.pt --imgsz 256
     python val.py --data coco.yaml --weights yolov5n.pt --save-json          # also reports pycocotools
     python val.py --data shapes.yaml --weights best.onnx --imgsz 256         # exported models too
+    python val.py --data shapes.yaml --weights best_openvino_model --imgsz 256   # also best_ncnn_model, best.mnn
 
 The mAP printed here equals pycocotools' COCOeval bbox AP on the json --save-json writes (same boxes,
 same matching, 101-point interpolation, maxDets 100 per image and class); see utils/metrics.py.
@@ -149,7 +150,8 @@ def run(data, weights=None, batch_size: int = 32, imgsz: int = 640, conf_thres: 
         if task not in ("train", "val", "test", "speed", "study"):
             raise ValueError(f"--task must be one of train, val, test, speed, study; got '{task}'")
         if weights is None:
-            raise ValueError("val.py needs --weights (a .pt, .torchscript or .onnx file)")
+            raise ValueError("val.py needs --weights (a .pt, .torchscript, .onnx or .mnn file, or an "
+                             "_openvino_model/ or _ncnn_model/ folder)")
         device = select_device(device, batch_size=batch_size)
         save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
         (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,8 @@
     python -m benchmarks.bench_nms --weights runs/train/exp/weights/best.pt --data cards.yaml [--imgsz 320]
                                      [--batch 16] [--threads 1] [--no-old]
 
-Per image, on the --data val split: pre-process, inference (the .pt model through DetectBackend), NMS at
-conf 0.001 / IoU 0.6 / multi-label / max_det 300 (as val.py runs it), the metric update + compute, and the same NMS
+Per image, on the --data val split: pre-process, inference (--weights, a .pt or an export, through DetectBackend),
+NMS at conf 0.001 / IoU 0.6 / multi-label / max_det 300 (as val.py runs it), the metric update + compute, the same NMS
 with an unbounded window (every candidate through one torchvision call: the previous algorithm). Then NMS at
 conf 0.25 / IoU 0.45 / max_det 1000 on one image at a time (as detect.py runs it).
 """
@@ -67,8 +67,10 @@ def run(weights: str, data: str, imgsz: int = 320, batch: int = 16, workers: int
     """Milliseconds per image for each phase (each the fastest of `repeat` runs on the same batch); keys pre,
     inference, nms, metrics, nms_old, detect_nms (metrics accumulate state, so they run once)."""
     model = DetectBackend(weights)
+    if not model.pt:  # an export (.onnx, OpenVINO/ncnn folder, .mnn): square batches of the shape it was made for
+        batch, _ = model.input_shape((imgsz, imgsz), batch, square=True)
     info = check_dataset(data)
-    loader = create_dataloader(info["val"], imgsz, batch, model.stride, pad=0.5, rect=True, workers=workers,
+    loader = create_dataloader(info["val"], imgsz, batch, model.stride, pad=0.5, rect=model.pt, workers=workers,
                                nc=model.nc)[0]
     metrics = DetectionMetrics(model.nc)
     t = dict.fromkeys(("pre", "inference", "nms", "metrics", "nms_old", "detect_nms"), 0.0)

@@ -503,3 +503,9 @@ def label_lines(cls, xywhn, conf=None) -> list[str]:
     if conf is not None:
         rows = np.concatenate((rows, np.asarray(conf, np.float64).reshape(-1, 1)), 1)
     return [" ".join(f"{v:g}" for v in r) + "\n" for r in rows.tolist()]
+
+
+# the deployment runtimes (export.py --include openvino ncnn mnn), imported when such weights are opened
+for _k, _name in (("_openvino_model/", "OpenVINOBackend"), (".xml", "OpenVINOBackend"),
+                  ("_ncnn_model/", "NcnnBackend"), (".mnn", "MNNBackend")):
+    register_backend(_k, f"utils.runtime_backends:{_name}")

@@ -1,7 +1,8 @@
 """Inference API shared by detect.py and hubconf.py: letterbox -> backend forward -> NMS -> boxes in original pixels.
 
     from utils.inference.predictor import load
-    model = load('runs/train/exp/weights/best.pt')     # also YOLOv5 .pt, exported .onnx / .torchscript
+    model = load('runs/train/exp/weights/best.pt')     # also YOLOv5 .pt, exported .onnx / .torchscript / .mnn,
+    # _openvino_model/ and _ncnn_model/ folders
     dets = model(['a.jpg', bgr_array, pil_image])       # one Detections per image
     dets[0].xyxy, dets[0].conf, dets[0].cls, dets[0].labels
 
@@ -299,7 +300,8 @@ class Predictor:
 def load(weights, device: str | torch.device = "", imgsz=640, conf_thres: float = 0.25, iou_thres: float = 0.45,
          classes=None, agnostic: bool = False, max_det: int = 1000, half: bool = False, data=None,
          augment: bool = False, fuse: bool = True, trusted: bool = False) -> Predictor:
-    """A callable predictor for a checkpoint (ours or YOLOv5's), an exported .onnx / .torchscript, or an nn.Module.
+    """A callable predictor for a checkpoint (ours or YOLOv5's), an export (.onnx, .torchscript, .mnn, an OpenVINO or
+    ncnn folder), or an nn.Module.
     A .torchscript file runs the code it carries: it is refused unless trusted=True."""
     device = select_device(device)
     backend = load_backend(weights, device=device, fp16=half, fuse=fuse, data=data, trusted=trusted)
