@@ -16,8 +16,15 @@ import torch
 
 from utils.backends import Backend, BackendError
 from utils.general import LOGGER, first_line
-from utils.runtimes import (METADATA_FILE, MNNRunner, NcnnRunner, OpenVINORunner, RuntimeFileError, read_metadata,
-                            require)
+from utils.runtimes import (
+    METADATA_FILE,
+    MNNRunner,
+    NcnnRunner,
+    OpenVINORunner,
+    RuntimeFileError,
+    read_metadata,
+    require,
+)
 
 MAX_SIDE = 8192  # larger fixed inputs than this in a metadata file are not an export of ours: refused, not allocated
 MAX_BATCH = 256
