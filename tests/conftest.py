@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 REFERENCE = SHARED / "reference" / "yolov5n_reference.pt"
 
-# One thread: with two, OpenMP threads wait on each other whenever anything else runs on a 2-core machine
-# (tests ran ~10x slower under load); the suite's tensors are tiny, so a second thread buys little.
-torch.set_num_threads(1)
+# One thread by default: with two, OpenMP threads wait on each other whenever anything else runs on a 2-core
+# machine (tests ran ~10x slower under load); the suite's tensors are tiny, so a second thread buys little.
+# YOLO_TEST_THREADS=N runs the suite at N threads, to check that no test depends on one thread's float order.
+torch.set_num_threads(int(os.environ.get("YOLO_TEST_THREADS", "1")))
 
 
 @pytest.fixture(scope="session")
