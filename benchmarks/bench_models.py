@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.machine import cpu_model
-from benchmarks.report import results_file
+from benchmarks.report import save_report
 from benchmarks.timing import time_callables
 from models.yolo import Model
 from utils.torch_utils import model_flops
@@ -88,10 +88,8 @@ def main(opt) -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rows = bench_models(cfgs, opt.imgsz, opt.runs)
     text = markdown_table(rows, opt.imgsz, opt.runs, opt.threads, load=load)
-    f = results_file(opt.out, opt.project, opt.name, "models.md", opt.exist_ok)
-    f.parent.mkdir(parents=True, exist_ok=True)
-    f.write_text(text)
-    print(f"{text}\nResults saved to {f}")
+    print(text)
+    save_report(text, opt, "models.md")
     return text
 
 

@@ -25,7 +25,7 @@ import torch
 import export
 from benchmarks.cells import failure_reason
 from benchmarks.machine import machine_info
-from benchmarks.report import results_file
+from benchmarks.report import save_report
 from benchmarks.timing import time_callables
 from models.yolo import Model
 from utils.general import LOGGER
@@ -108,10 +108,7 @@ def main(opt) -> str:
     text = "\n".join(md)
     print(text)
     if opt.out != "":
-        f = results_file(opt.out, opt.project, opt.name, "runtimes.md", opt.exist_ok)
-        f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_text(text)
-        print(f"Results saved to {f}")
+        save_report(text, opt, "runtimes.md")
     return text
 
 

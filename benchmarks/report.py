@@ -173,6 +173,15 @@ def markdown_report(rows, table: str, machine: dict, command: str | None, png: s
         "Produced by:", "", "```bash", command or "python -m benchmarks", "```", ""])
 
 
+def save_report(text: str, opt, filename: str) -> Path:
+    """Write a bench's markdown where results_file says (opt.out, else a fresh opt.project/opt.name folder)."""
+    f = results_file(opt.out, opt.project, opt.name, filename, opt.exist_ok)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(text)
+    print(f"Results saved to {f}")
+    return f
+
+
 def results_file(out: str | Path | None, project: str | Path, name: str, filename: str,
                  exist_ok: bool = False) -> Path:
     """Where a bench writes its table: `out` when given (benchmarks/results/... rewrites a published table),

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -30,6 +32,33 @@ def atomic_path(file: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=file.name + ".", suffix=".tmp", dir=file.parent)
     os.close(fd)
     return Path(tmp)
+
+
+@contextlib.contextmanager
+def staged_folder(folder: Path):
+    """Yield a fresh folder beside `folder`; when the block succeeds it replaces `folder` whole, so a failed
+    conversion never leaves a half-written model behind. The staging folder is removed either way."""
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    try:
+        yield tmp
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str | None, level: int):
+    """Raise a logger's level for the block (None: the root logger), restoring it after: converters and
+    quantisers log per-op advice that buries the export's own output."""
+    log = logging.getLogger(name)
+    old = log.level
+    log.setLevel(level)
+    try:
+        yield
+    finally:
+        log.setLevel(old)
 
 
 @contextlib.contextmanager

@@ -1,7 +1,6 @@
 """Post-training static INT8 with ONNX Runtime: calibration images, the quantiser, the FP32-vs-INT8 mAP check."""
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch.nn as nn
 
-from utils.export.common import ExportError, atomic_path
+from utils.export.common import ExportError, atomic_path, quiet_logger
 from utils.export.onnx import require_onnx
 from utils.general import LOGGER, TQDM_BAR_FORMAT, colorstr
 
@@ -115,7 +114,7 @@ def quantize_int8(fp32_file: str | Path, int8_file: str | Path, data, imgsz, hea
     try:
         try:  # shape inference + constant folding: the quantiser then sees every conv bias as an initializer
             from onnxruntime.quantization.shape_inference import quant_pre_process
-            with _quiet_logs():
+            with quiet_logger(None, logging.ERROR):  # onnxruntime.quantization advises via the root logger
                 quant_pre_process(str(fp32_file), str(pre))
             src = pre
         except Exception as e:  # pre-processing only helps; quantise the graph as exported if it fails
@@ -124,7 +123,7 @@ def quantize_int8(fp32_file: str | Path, int8_file: str | Path, data, imgsz, hea
         exclude = head_nodes(onnx.load(str(src), load_external_data=False), head_index)
         if head_convs:  # quantise the head's 1x1 convs too (faster at large nc); the decode stays float
             exclude = [n for n in exclude if not (n.endswith("/Conv") and f"/model.{head_index}/m." in n)]
-        with _quiet_logs():
+        with quiet_logger(None, logging.ERROR):  # onnxruntime.quantization advises via the root logger
             quantize_static(str(src), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
@@ -154,18 +153,6 @@ def int8_activation_note(model: nn.Module) -> str | None:
         return None
     return (f"{n} SiLU activations each run as two INT8 ops in ONNX Runtime, which limits the INT8 speed-up; "
             f"for INT8 deployment train a ReLU variant (yaml key 'activation: nn.ReLU()', e.g. yolov5n_ReLU.yaml)")
-
-
-@contextlib.contextmanager
-def _quiet_logs():
-    """onnxruntime.quantization logs advice through the root logger; keep the export output readable."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def compare_int8(fp32_file: Path, int8_file: Path, validate: Callable[[Path, str], tuple[float, float]]) -> dict:

@@ -2,12 +2,10 @@
 (its 1x1 convs and the box decoding) left in float as in the ONNX Runtime path (int8.quantize_int8)."""
 from __future__ import annotations
 
-import contextlib
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
+from utils.export.common import quiet_logger, staged_folder
 from utils.export.int8 import DEFAULT_CALIB_IMAGES, calibration_files, letterbox_rgb
 from utils.general import LOGGER
 from utils.runtimes import METADATA_FILE, read_metadata, require, write_metadata
@@ -34,30 +32,13 @@ def quantize_openvino_int8(fp32_folder: str | Path, int8_folder: str | Path, dat
     model = ov.Core().read_model(str(xml))
     # the head's nodes keep the ONNX scope names (/model.<i>/...): everything traced from the Detect layer
     ignored = nncf.IgnoredScope(patterns=[rf".*/model\.{head_index}/.*"], validate=False)
-    with _quiet_nncf():
+    with quiet_logger("nncf", logging.WARNING):  # nncf logs every op it leaves unquantised
         q = nncf.quantize(model, nncf.Dataset(images), subset_size=len(images),
                           preset=nncf.QuantizationPreset.MIXED, ignored_scope=ignored)
-    tmp = Path(tempfile.mkdtemp(prefix=int8_folder.name + ".", dir=int8_folder.parent))
-    try:
+    with staged_folder(int8_folder) as tmp:
         ov.save_model(q, str(tmp / xml.name), compress_to_fp16=False)
         meta = read_metadata(fp32_folder / METADATA_FILE)
         write_metadata(tmp / METADATA_FILE, {**meta, "int8": True, "calib_images": len(images)})
-        if int8_folder.exists():
-            shutil.rmtree(int8_folder)
-        tmp.rename(int8_folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     LOGGER.info(f"OpenVINO INT8: quantised on {len(images)} calibration images, head (row {head_index}) in float")
     return int8_folder
 
-
-@contextlib.contextmanager
-def _quiet_nncf():
-    """nncf logs every op it leaves unquantised at INFO; keep the export output readable (level restored)."""
-    log = logging.getLogger("nncf")
-    level = log.level
-    log.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        log.setLevel(level)

@@ -8,15 +8,13 @@ its own executable; any op it reports as unconvertible is an ExportError naming 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from utils.export.common import ExportError, quiet_warnings
+from utils.export.common import ExportError, quiet_warnings, staged_folder
 from utils.export.graphs import classic_shuffle, export_mode, graph_module
 from utils.runtimes import METADATA_FILE, write_metadata
 
@@ -49,8 +47,7 @@ def export_ncnn(model: nn.Module, im: torch.Tensor, folder: str | Path, metadata
     """Trace (classic shuffle), convert with pnnx (fp16=0), check pnnx converted every op, write folder."""
     exe = require_pnnx()
     folder = Path(folder)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    try:
+    with staged_folder(folder) as tmp:
         net = graph_module(model, graph, onnx=False)
         with classic_shuffle(model), export_mode(model, graph), torch.no_grad(), quiet_warnings():
             ts = torch.jit.trace(net, im, strict=False, check_trace=False)
@@ -73,9 +70,4 @@ def export_ncnn(model: nn.Module, im: torch.Tensor, folder: str | Path, metadata
             if f not in (param, weights):
                 f.unlink()
         write_metadata(tmp / METADATA_FILE, metadata)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder

@@ -2,10 +2,9 @@
 folder (<stem>.xml, <stem>.bin, metadata.yaml as YOLOv5 lays it out), weights kept float32."""
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
+from utils.export.common import staged_folder
 from utils.runtimes import METADATA_FILE, require, write_metadata
 
 
@@ -14,14 +13,8 @@ def export_openvino(onnx_file: str | Path, folder: str | Path, metadata: dict) -
     ov = require("openvino")
     folder = Path(folder)
     stem = folder.name.removesuffix("_openvino_model") or "model"
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    try:
+    with staged_folder(folder) as tmp:
         m = ov.convert_model(str(onnx_file))
         ov.save_model(m, str(tmp / f"{stem}.xml"), compress_to_fp16=False)  # float32, as exported
         write_metadata(tmp / METADATA_FILE, metadata)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder
