@@ -17,6 +17,9 @@ REFERENCE = SHARED / "reference" / "yolov5n_reference.pt"
 # YOLO_TEST_THREADS=N runs the suite at N threads, to check that no test depends on one thread's float order.
 torch.set_num_threads(int(os.environ.get("YOLO_TEST_THREADS", "1")))
 
+# tests/isolated runs only in a pytest process of its own (tests/test_isolated.py sets YOLO_ISOLATED)
+collect_ignore = [] if os.environ.get("YOLO_ISOLATED") else ["isolated"]
+
 
 @pytest.fixture(scope="session")
 def reference():

@@ -26,7 +26,7 @@ from utils.backends import BackendError, DetectBackend
 from utils.checkpoint import make_checkpoint, save_checkpoint
 from utils.export.verify import RTOL, max_rel_diff
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning", "ignore::torch.jit.TracerWarning",
                                         "ignore:`torch.jit.load` is deprecated:FutureWarning")
 PACKAGES = ("onnx", "onnxruntime", "openvino", "ncnn", "pnnx", "MNN")
