@@ -30,7 +30,7 @@ import torch
 from benchmarks.cells import METRIC_COLUMNS, NA, Row, Skip, failure_reason, finish_row
 from benchmarks.machine import load_1min, machine_info
 from benchmarks.memory import finish_peak_memory, measure_peak_memory, start_peak_memory
-from benchmarks.report import format_table, markdown_report, plot_results, write_csv
+from benchmarks.report import add_output_args, format_table, markdown_report, plot_results, write_csv
 from benchmarks.timing import measure_latency_onnx, measure_latency_torch
 from benchmarks.training import train_and_eval
 from utils.general import LOGGER, increment_path
@@ -258,11 +258,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs before timing")
     p.add_argument("--no-int8", action="store_true", help="skip the INT8 ONNX export")
     p.add_argument("--calib-images", type=int, default=None, help="INT8 calibration images (default: export.py's)")
-    p.add_argument("--project", default=str(ROOT / "runs/benchmark"), help="save to project/name")
-    p.add_argument("--name", default="exp", help="save to project/name")
-    p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
-    p.add_argument("--out", default=None, help="folder for the CSV, PNG and markdown instead of project/name "
-                                               "(benchmarks/results: the README's published table)")
+    add_output_args(p, "exp", "the CSV, PNG and markdown", "folder for the CSV, PNG and markdown instead of "
+                    "project/name (benchmarks/results: the README's published table)")
     return p.parse_args(argv)
 
 

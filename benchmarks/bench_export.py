@@ -32,7 +32,7 @@ import torch
 import export
 from benchmarks.cells import failure_reason
 from benchmarks.machine import machine_info
-from benchmarks.report import save_report
+from benchmarks.report import add_output_args, save_report
 from benchmarks.timing import time_callables
 from models.yolo import Model
 from utils.backends import DetectBackend, onnx_session
@@ -149,10 +149,7 @@ def parse_opt(argv=None):
     p.add_argument("--settle", type=float, default=0.05, help="seconds of pause before each block of timed runs "
                    "(0 shows how the previous runtime's spinning threads slow the next one)")
     p.add_argument("--no-speed", action="store_true", help="only the mAP table")
-    p.add_argument("--project", default=str(ROOT / "runs/benchmark"), help="save export.md to project/name")
-    p.add_argument("--name", default="export", help="save export.md to project/name")
-    p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
-    p.add_argument("--out", default=None, help="markdown file to write instead of project/name/export.md "
+    add_output_args(p, "export", "export.md", "markdown file to write instead of project/name/export.md "
                    "(benchmarks/results/export.md: the published table; '' for none)")
     return p.parse_args(argv)
 

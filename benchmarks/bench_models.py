@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.machine import cpu_model
-from benchmarks.report import save_report
+from benchmarks.report import add_output_args, save_report
 from benchmarks.timing import time_callables
 from models.yolo import Model
 from utils.torch_utils import model_flops
@@ -74,10 +74,7 @@ def parse_opt(argv=None):
     parser.add_argument("--imgsz", type=int, default=320, help="latency input size")
     parser.add_argument("--runs", type=int, default=10, help="timed runs per model")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--project", default=str(ROOT / "runs/benchmark"), help="save models.md to project/name")
-    parser.add_argument("--name", default="models", help="save models.md to project/name")
-    parser.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
-    parser.add_argument("--out", default=None, help="markdown file to write instead of project/name/models.md "
+    add_output_args(parser, "models", "models.md", "markdown file to write instead of project/name/models.md "
                         "(benchmarks/results/models.md: the published table)")
     return parser.parse_args(argv)
 

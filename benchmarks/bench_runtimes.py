@@ -25,7 +25,7 @@ import torch
 import export
 from benchmarks.cells import failure_reason
 from benchmarks.machine import machine_info
-from benchmarks.report import save_report
+from benchmarks.report import add_output_args, save_report
 from benchmarks.timing import time_callables
 from models.yolo import Model
 from utils.general import LOGGER
@@ -75,10 +75,7 @@ def parse_opt(argv=None):
     p.add_argument("--runs", type=int, default=20, help="timed runs per runtime (median reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first")
     p.add_argument("--include", nargs="+", default=list(RUNTIMES), help="runtimes: onnx openvino ncnn mnn")
-    p.add_argument("--project", default=str(ROOT / "runs/benchmark"), help="save runtimes.md to project/name")
-    p.add_argument("--name", default="runtimes", help="save runtimes.md to project/name")
-    p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
-    p.add_argument("--out", default=None, help="markdown file to write instead of project/name/runtimes.md "
+    add_output_args(p, "runtimes", "runtimes.md", "markdown file to write instead of project/name/runtimes.md "
                    "('' for none)")
     return p.parse_args(argv)
 

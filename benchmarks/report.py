@@ -173,6 +173,16 @@ def markdown_report(rows, table: str, machine: dict, command: str | None, png: s
         "Produced by:", "", "```bash", command or "python -m benchmarks", "```", ""])
 
 
+def add_output_args(parser, name: str, what: str, out_help: str) -> None:
+    """The output flags every bench shares: --project/--name (a fresh runs/benchmark/<name>* folder, as YOLOv5's
+    runs folders), --exist-ok, and --out (an explicit file or folder, e.g. a published table in benchmarks/results)."""
+    root = Path(__file__).resolve().parents[1]
+    parser.add_argument("--project", default=str(root / "runs/benchmark"), help=f"save {what} to project/name")
+    parser.add_argument("--name", default=name, help=f"save {what} to project/name")
+    parser.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    parser.add_argument("--out", default=None, help=out_help)
+
+
 def save_report(text: str, opt, filename: str) -> Path:
     """Write a bench's markdown where results_file says (opt.out, else a fresh opt.project/opt.name folder)."""
     f = results_file(opt.out, opt.project, opt.name, filename, opt.exist_ok)
