@@ -187,9 +187,7 @@ def main(opt) -> str:
         md += [f"## FP32 vs INT8 accuracy ({opt.data} val split, {opt.calib_images} calibration images from train)",
                "", map_table(map_rows), ""]
     text = "\n".join(md)
-    print(text)
-    if opt.out != "":
-        save_report(text, opt, "export.md")
+    save_report(text, opt, "export.md")
     return text
 
 

@@ -85,7 +85,6 @@ def main(opt) -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rows = bench_models(cfgs, opt.imgsz, opt.runs)
     text = markdown_table(rows, opt.imgsz, opt.runs, opt.threads, load=load)
-    print(text)
     save_report(text, opt, "models.md")
     return text
 

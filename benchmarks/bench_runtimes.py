@@ -103,9 +103,7 @@ def main(opt) -> str:
           "", table(rows, runtimes), "", "Fastest run of each runtime:", "", table(rows, runtimes, "_min"), "",
           "x86 numbers: on ARM the ranking can differ (ncnn/MNN NEON depthwise and INT8 dot-product kernels).", ""]
     text = "\n".join(md)
-    print(text)
-    if opt.out != "":
-        save_report(text, opt, "runtimes.md")
+    save_report(text, opt, "runtimes.md")
     return text
 
 

@@ -183,8 +183,12 @@ def add_output_args(parser, name: str, what: str, out_help: str) -> None:
     parser.add_argument("--out", default=None, help=out_help)
 
 
-def save_report(text: str, opt, filename: str) -> Path:
-    """Write a bench's markdown where results_file says (opt.out, else a fresh opt.project/opt.name folder)."""
+def save_report(text: str, opt, filename: str) -> Path | None:
+    """Print a bench's markdown and write it where results_file says (opt.out, else a fresh opt.project/opt.name
+    folder); --out '' prints only."""
+    print(text)
+    if opt.out == "":
+        return None
     f = results_file(opt.out, opt.project, opt.name, filename, opt.exist_ok)
     f.parent.mkdir(parents=True, exist_ok=True)
     f.write_text(text)

@@ -404,42 +404,41 @@ def _pyplot():
     return plt
 
 
-def plot_pr_curve(px: np.ndarray, py: np.ndarray, ap50: np.ndarray, save_file: str | Path, names=()) -> None:
-    """Precision-recall curve per class (COCO 101-point precision at IoU 0.5) and their mean."""
+def _plot_curves(px: np.ndarray, py: np.ndarray, labels: list[str], mean_label: str, save_file: str | Path,
+                 **axes) -> None:
+    """One line per class (labelled when there are at most 20, grey otherwise), their mean in bold blue."""
     plt = _pyplot()
     fig, ax = plt.subplots(1, 1, figsize=(9, 6), tight_layout=True)
-    names = list(names)
-    if 0 < len(py) < 21:
-        for i, y in enumerate(py):
-            ax.plot(px, y, linewidth=1, label=f"{names[i] if i < len(names) else i} {ap50[i]:.3f}")
-    else:
-        for y in py:
-            ax.plot(px, y, linewidth=1, color="grey")
+    for y, label in zip(py, labels):
+        ax.plot(px, y, linewidth=1, **({"label": label} if 0 < len(py) < 21 else {"color": "grey"}))
     if len(py):
-        ax.plot(px, py.mean(0), linewidth=3, color="blue", label=f"all classes {ap50.mean():.3f} mAP@0.5")
-    ax.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1), title="Precision-Recall Curve")
+        ax.plot(px, py.mean(0), linewidth=3, color="blue", label=mean_label)
+    ax.set(xlim=(0, 1), ylim=(0, 1), **axes)
     ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")
     fig.savefig(save_file, dpi=150)
     plt.close(fig)
+
+
+def _class_names(names, n: int) -> list[str]:
+    names = list(names)
+    return [str(names[i]) if i < len(names) else str(i) for i in range(n)]
+
+
+def plot_pr_curve(px: np.ndarray, py: np.ndarray, ap50: np.ndarray, save_file: str | Path, names=()) -> None:
+    """Precision-recall curve per class (COCO 101-point precision at IoU 0.5) and their mean."""
+    labels = [f"{n} {ap50[i]:.3f}" for i, n in enumerate(_class_names(names, len(py)))]
+    mean = f"all classes {ap50.mean():.3f} mAP@0.5" if len(py) else ""
+    _plot_curves(px, py, labels, mean, save_file, xlabel="Recall", ylabel="Precision",
+                 title="Precision-Recall Curve")
 
 
 def plot_mc_curve(px: np.ndarray, py: np.ndarray, save_file: str | Path, names=(), xlabel: str = "Confidence",
                   ylabel: str = "Metric") -> None:
     """A metric against confidence per class and the class mean, marking the best mean."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(1, 1, figsize=(9, 6), tight_layout=True)
-    names = list(names)
-    if 0 < len(py) < 21:
-        for i, y in enumerate(py):
-            ax.plot(px, y, linewidth=1, label=f"{names[i] if i < len(names) else i}")
-    else:
-        for y in py:
-            ax.plot(px, y, linewidth=1, color="grey")
+    mean = ""
     if len(py):
         y = py.mean(0)
         i = int(y.argmax())
-        ax.plot(px, y, linewidth=3, color="blue", label=f"all classes {y[i]:.2f} at {px[i]:.3f}")
-    ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1), title=f"{ylabel}-Confidence Curve")
-    ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")
-    fig.savefig(save_file, dpi=150)
-    plt.close(fig)
+        mean = f"all classes {y[i]:.2f} at {px[i]:.3f}"
+    _plot_curves(px, py, _class_names(names, len(py)), mean, save_file, xlabel=xlabel, ylabel=ylabel,
+                 title=f"{ylabel}-Confidence Curve")
