@@ -11,8 +11,8 @@ from models.yolo import Model
 from utils.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_checkpoint
 
 
-@pytest.fixture(scope="module")
-def tiny_model():
+def seeded_tiny_model() -> Model:
+    """yolov5n with 3 classes, seeded weights and random BatchNorm statistics (so eval mode is not an identity)."""
     torch.manual_seed(0)
     m = Model("yolov5n.yaml", nc=3, verbose=False)
     m.names = {0: "circle", 1: "square", 2: "star"}
@@ -21,6 +21,11 @@ def tiny_model():
             bn.running_mean.uniform_(-0.3, 0.3)
             bn.running_var.uniform_(0.5, 1.5)
     return m
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return seeded_tiny_model()
 
 
 def _out(model, x):

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from models.experimental import attempt_load
 from models.yolo import Model
+from tests.test_checkpoint import seeded_tiny_model
 from utils.checkpoint import FORMAT, CheckpointError, load_checkpoint, make_checkpoint, save_checkpoint
 from utils.safe_unpickle import read_torch_zip
 
@@ -114,14 +115,7 @@ def assert_one_line(e: pytest.ExceptionInfo, path: Path, *words: str) -> str:
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    m = Model("yolov5n.yaml", nc=3, verbose=False)
-    m.names = {0: "circle", 1: "square", 2: "star"}
-    for bn in m.modules():
-        if isinstance(bn, nn.BatchNorm2d):  # random statistics, so that eval mode is not an identity
-            bn.running_mean.uniform_(-0.3, 0.3)
-            bn.running_var.uniform_(0.5, 1.5)
-    return m.eval()
+    return seeded_tiny_model().eval()
 
 
 @pytest.fixture(scope="module")
