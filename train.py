@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:
 
 import val as validate
 from models.yolo import Model
+from utils.backends import inference_copy
 from utils.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -79,6 +80,7 @@ from utils.training import (
     set_rng_state,
     sigterm_as_interrupt,
     sync_batchnorm,
+    training_memory_format,
     transfer_weights,
     wrap_ddp,
 )
@@ -139,6 +141,7 @@ class Run:
     def __post_init__(self):
         self.main = RANK in {-1, 0}  # rank 0 (or no DDP) validates, logs and saves
         self.amp = self.device.type == "cuda"  # mixed precision only where it pays and is supported
+        self.memory_format = training_memory_format(self.device)
         self.plots = not self.opt.evolve and not self.opt.noplots
         self.last, self.best = self.save_dir / "weights" / "last.pt", self.save_dir / "weights" / "best.pt"
 
@@ -202,7 +205,7 @@ def build_model(r: Run) -> dict | None:
     elif not opt.cfg:
         raise ValueError("pass --cfg model.yaml to train from scratch or --weights file.pt to fine-tune")
     model = Model(opt.cfg or info["yaml"], ch=3, nc=r.nc, anchors=hyp.get("anchors"), verbose=r.main)
-    model = model.to(r.device)
+    model = model.to(r.device, memory_format=r.memory_format)
     if info is not None and not opt.resume:
         exclude = ("anchors",) if (opt.cfg or hyp.get("anchors")) else ()
         transfer_weights(model, info["state_dict"], exclude, source=str(opt.weights))
@@ -371,7 +374,7 @@ def train_one_epoch(r: Run, epoch: int) -> torch.Tensor | None:
             clock.lap("data")
             r.callbacks.run("on_train_batch_start")
             ni = i + nb * epoch  # iterations since the start of training
-            imgs = imgs.to(device, non_blocking=True).float() / 255
+            imgs = imgs.to(device, non_blocking=True).contiguous(memory_format=r.memory_format).float() / 255
             if ni <= nw:
                 r.accumulate = warmup_step(optimizer, ni, nw, r.lf, epoch, r.hyp, opt.nbs, opt.batch_size)
             if opt.multi_scale:
@@ -443,7 +446,7 @@ def end_epoch(r: Run, epoch: int, mloss: torch.Tensor) -> bool:
         final_epoch = (epoch + 1 == r.opt.epochs) or r.stopper.possible_stop
         r.clock.lap("log")
         if not r.opt.noval or final_epoch:
-            r.results, r.maps, _ = validate_with(r, r.ema.ema, half=r.amp, plots=False)
+            r.results, r.maps, _ = validate_with(r, inference_copy(r.ema.ema), half=r.amp, plots=False)
         r.clock.lap("val")
         fi = float(fitness(np.array(r.results).reshape(1, -1))[0])
         stop = r.stopper(epoch=epoch, fitness=fi) or r.callbacks.stop_training

@@ -10,8 +10,8 @@ python -m benchmarks.bench_train --grid --threads-list 1 2 --workers 0 1 2 [--re
 Training step = forward, ComputeLoss, backward, gradient clipping, SGD step and EMA update, exactly as train.py
 runs them, on batches drawn from the loader beforehand (so loading is not counted). Loader = the augmenting
 training DataLoader (mosaic, random perspective, HSV, flips) iterated alone. The loader is not the bottleneck
-when its images/s is at least twice the step's. Torch threads default to train.py's choice: on 2 cores one
-thread, as two OpenMP threads sharing cores with the loader workers spin (measured ~9x slower, see README).
+when its images/s is at least twice the step's. Torch threads and memory format default to train.py's choice:
+one thread per core, channels_last on CPU (the --grid measurement behind that choice is in the README).
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from models.yolo import Model
 from utils.data.dataloaders import check_dataset, create_dataloader
 from utils.general import check_yaml, load_yaml
 from utils.torch_utils import ModelEMA
+from utils.training import set_cpu_threads, training_memory_format
 from utils.training.loss import ComputeLoss
 from utils.training.optim import smart_optimizer
 
@@ -35,6 +36,8 @@ from utils.training.optim import smart_optimizer
 def train_step_throughput(cfg: str, batches: list, nc: int, imgsz: int, hyp: dict, steps: int) -> float:
     """Images/s of train.py's optimisation step on pre-loaded batches, after one warm-up step."""
     model, step = make_step(cfg, nc, imgsz, hyp)
+    fmt = training_memory_format(torch.device("cpu"))
+    batches = [(imgs.contiguous(memory_format=fmt), targets) for imgs, targets in batches]
     step(*batches[0])
     n, t0 = 0, time.perf_counter()
     for i in range(steps):
@@ -90,14 +93,14 @@ def grid(a, d: dict, hyp: dict) -> list[dict]:
 
 def make_step(cfg: str, nc: int, imgsz: int, hyp: dict):
     """(model, step(imgs uint8, targets)) running train.py's optimisation step."""
-    model = Model(cfg, nc=nc, verbose=False)
+    model = Model(cfg, nc=nc, verbose=False).to(memory_format=training_memory_format(torch.device("cpu")))
     model.train()
     compute_loss = ComputeLoss(model, hyp=hyp, imgsz=imgsz)  # train.py's gains for nl, nc and imgsz
     opt = smart_optimizer(model, "SGD", hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
     ema = ModelEMA(model)
 
     def step(imgs, targets):
-        loss, _ = compute_loss(model(imgs.float() / 255), targets)
+        loss, _ = compute_loss(model(imgs.float() / 255), targets)  # imgs in the caller's memory format
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
         opt.step()
@@ -117,16 +120,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--steps", type=int, default=8, help="timed training steps per model")
     p.add_argument("--batches", type=int, default=20, help="timed loader batches per worker count")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch threads (default: train.py's choice, one core left per dataloader worker)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: train.py's, one per core)")
     p.add_argument("--out", default="", help="also write the table as markdown to this file")
     p.add_argument("--grid", action="store_true", help="time the whole loop for threads x workers x channels_last")
     p.add_argument("--threads-list", type=int, nargs="+", default=[1, 2], help="--grid: torch thread counts")
     p.add_argument("--channels-last", type=int, nargs="+", default=[0, 1], help="--grid: 0 and/or 1")
     p.add_argument("--reps", type=int, default=3, help="--grid: interleaved rounds")
     a = p.parse_args(argv)
-    cpus = os.cpu_count() or 1
-    torch.set_num_threads(a.threads or max(1, cpus - min(cpus, a.batch_size, max(a.workers))))
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    else:
+        set_cpu_threads(torch.device("cpu"), max(a.workers))
     d = check_dataset(a.data)
     hyp = load_yaml(check_yaml(a.hyp), "a mapping of hyperparameters")
     if a.grid:

@@ -191,3 +191,31 @@ def test_directories_and_missing_export_folders(fake_format, tmp_path, capture_l
         assert detect.main(detect.parse_opt(["--weights", str(tmp_path), "--source", str(im), "--project",
                                              str(tmp_path / "runs")])) == 1
     assert len(errors) == 2 and all("is a directory" in e and "\n" not in e for e in errors), errors
+
+
+def test_validation_during_training_runs_a_fused_channels_last_copy_of_the_ema():
+    """train.py validates inference_copy(ema): BatchNorm folded and channels_last like PyTorchBackend, outputs
+    (detections and the raw maps the val loss uses) equal to the unfused EMA's, the EMA itself untouched."""
+    import copy
+
+    from models.layers import Conv
+    model = _tiny_model()
+    with torch.no_grad():  # BatchNorm statistics far from identity, so that a wrong fold would show
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0), m.weight.uniform_(0.5, 1.5)
+    model.eval()
+    before = copy.deepcopy(model.state_dict())
+    fused = backends.inference_copy(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert all(isinstance(m.bn, torch.nn.Identity) for m in fused.modules() if isinstance(m, Conv))
+    conv = next(m for m in fused.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the EMA keeps its BatchNorm
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        (p0, raw0), (p1, raw1) = model(x), fused(x.contiguous(memory_format=torch.channels_last))
+    # folding rescales each conv's weights once: float32 rounding, ~1e-6 relative per layer over ~60 layers
+    assert torch.allclose(p0, p1, rtol=1e-4, atol=1e-3)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(raw0, raw1))
+

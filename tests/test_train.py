@@ -155,6 +155,8 @@ def test_resume_after_interrupt_matches_uninterrupted_run(data, tmp_path, captur
     assert f"python train.py --resume {last}" in log.text and "holds epoch 0" in log.text
     ck = torch.load(last, map_location="cpu", weights_only=True)
     assert ck["epoch"] == 0 and ck["optimizer"] is not None and "rng" in ck
+    # CPU training runs channels_last; the file keeps YOLOv5's plain NCHW tensors
+    assert all(v.is_contiguous() for k in ("model", "ema") for v in ck[k].values())
 
     with capture_log() as log:
         res = train.run(resume=str(last))
@@ -417,3 +419,28 @@ def test_training_helpers_at_yolov5_import_paths():
     assert train.EarlyStopping is EarlyStopping and train.init_seeds is init_seeds
     with pytest.raises(ImportError):
         from utils.general import no_such_helper
+
+
+def test_cpu_threads_one_per_core_beside_the_workers(monkeypatch):
+    """Every core trains (2 threads beside 2 workers on 2 cores, as measured fastest on an idle machine); DDP
+    processes split the cores; a caller's lower count and OMP_NUM_THREADS are kept."""
+    import utils.training as tr
+    cpu = torch.device("cpu")
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(tr.os, "cpu_count", lambda: 4)
+    try:
+        torch.set_num_threads(4)
+        assert tr.set_cpu_threads(cpu, workers=2) == 4 == torch.get_num_threads()
+        monkeypatch.setattr(tr, "WORLD_SIZE", 2)
+        assert tr.set_cpu_threads(cpu, workers=2) == 2 == torch.get_num_threads()
+        monkeypatch.setattr(tr, "WORLD_SIZE", 1)
+        torch.set_num_threads(1)
+        assert tr.set_cpu_threads(cpu, workers=0) == 1  # never raised above what the caller chose
+        torch.set_num_threads(3)
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert tr.set_cpu_threads(cpu, workers=2) == 3 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert tr.training_memory_format(cpu) is torch.channels_last
+    assert tr.training_memory_format(torch.device("cuda")) is torch.contiguous_format

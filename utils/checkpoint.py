@@ -60,8 +60,10 @@ def make_checkpoint(model, ema=None, optimizer=None, epoch: int = -1, best_fitne
         "stride": [float(s) for s in m.stride],
         "epoch": int(epoch),
         "best_fitness": None if best_fitness is None else float(best_fitness),
-        "model": {k: v.detach().clone() for k, v in m.state_dict().items()},
-        "ema": {k: v.detach().clone() for k, v in ema.ema.state_dict().items()} if ema is not None else None,
+        # contiguous: CPU training keeps weights channels_last, files keep YOLOv5's plain NCHW layout
+        "model": {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in m.state_dict().items()},
+        "ema": {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in ema.ema.state_dict().items()}
+        if ema is not None else None,
         "updates": int(ema.updates if ema is not None else updates),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "opt": to_plain(vars(opt) if hasattr(opt, "__dict__") and not isinstance(opt, dict) else (opt or {})),
