@@ -357,7 +357,7 @@ def train_one_epoch(r: Run, epoch: int) -> torch.Tensor | None:
         iw = labels_to_image_weights(r.dataset.labels, r.nc, cw)
         if iw.sum() > 0:
             r.dataset.indices = np.array(random.choices(range(r.dataset.n), weights=iw, k=r.dataset.n))
-    if RANK != -1:
+    if hasattr(r.train_loader.sampler, "set_epoch"):  # the epoch decides the order and every augmentation
         r.train_loader.sampler.set_epoch(epoch)
     nb = len(r.train_loader)
     nw = warmup_iterations(r.hyp["warmup_epochs"], nb)
@@ -543,7 +543,9 @@ def parse_opt(known: bool = False, argv: list[str] | None = None) -> argparse.Na
     p.add_argument("--noautoanchor", action="store_true", help="disable AutoAnchor")
     p.add_argument("--noplots", action="store_true", help="save no plot files")
     p.add_argument("--evolve", type=int, nargs="?", const=300, help="evolve hyperparameters for x generations")
-    p.add_argument("--cache", type=str, nargs="?", const="ram", help="image --cache ram/disk")
+    p.add_argument("--cache", type=str, nargs="?", const="ram", default="auto",
+                   help="image --cache ram/disk/off (default auto: ram when the resized images fit in 1 GiB and "
+                        "10%% of free memory)")
     p.add_argument("--image-weights", action="store_true", help="use weighted image selection for training")
     p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
     p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")

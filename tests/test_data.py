@@ -536,3 +536,65 @@ def test_hyp_files_match_published_values():
     assert high == {**low, **diff, "copy_paste": 0.1}
     assert med == {**low, **diff}
     assert {k: low[k] for k in DEFAULT_AUGMENT_HYP} == DEFAULT_AUGMENT_HYP
+
+
+def _epoch(loader, epoch: int) -> list:
+    loader.sampler.set_epoch(epoch)
+    return [(ims.clone(), t.clone(), paths) for ims, t, paths, _ in loader]
+
+
+def _same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) and x[2] == y[2]
+                                    for x, y in zip(a, b))
+
+
+def test_training_batches_are_a_function_of_seed_and_epoch_only(tmp_path):
+    """Persistent workers keep their own random streams, so the sampler hands every sample its seed: the batches
+    of an epoch are the same with 0 or 2 workers, with workers kept from earlier epochs or started afresh (what a
+    resumed run does), and differ between epochs; loading with workers=0 leaves the caller's streams alone."""
+    path = _rect_dataset(tmp_path, n=8)
+    hyp = yaml.safe_load((ROOT / "data/hyps/hyp.scratch-low.yaml").read_text())
+
+    def loader(workers: int, seed: int = 0):
+        dl, _ = create_dataloader(path, 64, 4, 32, hyp=hyp, augment=True, workers=workers, shuffle=True, seed=seed)
+        return dl
+
+    kept = loader(2)
+    assert kept.persistent_workers and loader(0).num_workers == 0
+    e0, e1 = _epoch(kept, 0), _epoch(kept, 1)  # the same two worker processes serve both epochs
+    assert not _same(e0, e1)
+    state, np_state = random.getstate(), np.random.get_state()
+    assert _same(_epoch(loader(0), 1), e1)
+    assert random.getstate() == state and np.array_equal(np.random.get_state()[1], np_state[1])
+    assert _same(_epoch(loader(2), 1), e1)  # fresh workers told epoch 1: a resumed run
+    assert not _same(_epoch(loader(0, seed=1), 1), e1)
+
+
+def test_image_weights_reach_persistent_workers(tmp_path):
+    """--image-weights resamples dataset.indices in the training process between epochs; the sampler reads them
+    there, so workers started before the change still load the resampled images."""
+    path = _rect_dataset(tmp_path, n=4)
+    hyp = yaml.safe_load((ROOT / "data/hyps/hyp.scratch-low.yaml").read_text())
+    dl, ds = create_dataloader(path, 64, 2, 32, hyp={**hyp, "mosaic": 0.0}, augment=True, workers=2, shuffle=True,
+                               image_weights=True)
+    assert {p for b in _epoch(dl, 0) for p in b[2]} == set(ds.im_files)
+    ds.indices = np.array([3, 3, 3, 3])
+    assert {p for b in _epoch(dl, 1) for p in b[2]} == {ds.im_files[3]}
+
+
+def test_auto_cache_holds_small_datasets_in_ram_only(tmp_path, monkeypatch):
+    """train.py's default --cache auto keeps the resized images in RAM when they are small beside free memory
+    (identical pixels: the cache holds what load_image returns) and reads from disk otherwise; --cache off never
+    caches."""
+    import utils.data.dataloaders as dl
+    path = _rect_dataset(tmp_path, n=4)
+    ref = [LoadImagesAndLabels(path, 64)[i][0] for i in range(4)]
+    auto = LoadImagesAndLabels(path, 64, cache_images="auto")
+    assert all(x is not None for x in auto.ims) and all(torch.equal(auto[i][0], ref[i]) for i in range(4))
+    assert all(x is None for x in LoadImagesAndLabels(path, 64, cache_images="off").ims)
+    need = sum(auto._resized_bytes(i) for i in range(4))
+    monkeypatch.setattr(dl, "AUTO_CACHE_BYTES", need - 1)
+    assert all(x is None for x in LoadImagesAndLabels(path, 64, cache_images="auto").ims)
+    monkeypatch.setattr(dl, "AUTO_CACHE_BYTES", need)
+    monkeypatch.setattr(dl, "_available_memory", lambda: 10 * need - 1)  # over 10% of free memory
+    assert all(x is None for x in LoadImagesAndLabels(path, 64, cache_images="auto").ims)

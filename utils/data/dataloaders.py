@@ -14,6 +14,7 @@ import random
 import re
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from utils.data.augmentations import (
     random_flip,
     random_perspective,
 )
+from utils.data.samplers import EpochSeededSampler
 from utils.general import LOGGER, ROOT, TQDM_BAR_FORMAT, first_line, load_yaml, resolve_file
 
 IMG_FORMATS = ("bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm")
@@ -505,6 +507,10 @@ class LoadImagesAndLabels(Dataset):
         self.im_hw0: list[tuple[int, int] | None] = [None] * n
         self.im_hw: list[tuple[int, int] | None] = [None] * n
         self.npy_files = [Path(f).with_suffix(".npy") for f in self.im_files]
+        if isinstance(cache_images, str) and cache_images.lower() in CACHE_OFF:
+            cache_images = False
+        if cache_images == "auto":
+            cache_images = self._auto_cache()
         if cache_images:
             self._cache_images("disk" if cache_images == "disk" else "ram")
 
@@ -563,6 +569,18 @@ class LoadImagesAndLabels(Dataset):
                     total += x[0].nbytes
                 pbar.desc = f"{self.prefix}Caching images ({total / 1e9:.2f} GB {kind})"
             pbar.close()
+
+    def _auto_cache(self) -> str | bool:
+        """'ram' when the resized images are small beside free memory (<= AUTO_CACHE_BYTES and <= 10% of it):
+        the cache holds exactly what load_image returns, so training sees the same pixels, while each mosaic
+        stops decoding 4 files; on 2 cores the decoding workers otherwise slow the training step itself."""
+        need = sum(self._resized_bytes(i) for i in range(self.n))
+        avail = _available_memory()
+        if need > AUTO_CACHE_BYTES or (avail is not None and need > 0.1 * avail):
+            return False
+        LOGGER.info(f"{self.prefix}caching {self.n} images in RAM ({need / 1e6:.0f} MB, small beside free "
+                    f"memory; --cache off to read them from disk every time)")
+        return "ram"
 
     def _resized_bytes(self, i: int) -> int:
         w, h = self.shapes[i]
@@ -658,8 +676,14 @@ class LoadImagesAndLabels(Dataset):
                                   shear=hyp["shear"], perspective=hyp["perspective"],
                                   border=self.mosaic_border)
 
-    def __getitem__(self, index: int):
-        index = self.indices[index]  # image_weights may resample indices between epochs
+    def __getitem__(self, index: int | tuple[int, int]):
+        if isinstance(index, tuple):  # (dataset index, seed) from EpochSeededSampler: already resampled
+            index, seed = index
+            with seeded_augmentation(seed):
+                return self._get(index)
+        return self._get(self.indices[index])  # image_weights may resample indices between epochs
+
+    def _get(self, index: int):
         hyp = self.hyp
         shapes = None
         if self.mosaic and random.random() < hyp["mosaic"]:
@@ -747,11 +771,29 @@ def _first_line_with_class(lb_file: str, nc: int) -> int | str:
     return "?"
 
 
+AUTO_CACHE_BYTES = 1 << 30  # --cache auto (train.py's default) caches datasets whose resized images fit in 1 GiB
+CACHE_OFF = ("off", "none", "no", "false")
+
+
 def _available_memory() -> int | None:
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+@contextmanager
+def seeded_augmentation(seed: int):
+    """Seed the random and np.random streams the augmentations draw from for one sample, and give the caller's
+    streams back afterwards (with workers=0 the sample is made in the training process itself)."""
+    state, np_state = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+        np.random.set_state(np_state)
 
 
 def seed_worker(worker_id: int) -> None:
@@ -780,10 +822,12 @@ def create_dataloader(path, imgsz: int, batch_size: int, stride: int, single_cls
     if rank != -1:
         sampler = distributed.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle,
                                                  seed=seed)
+    if augment:  # the per-epoch state travels with the indices to the persistent workers (utils/data/samplers.py)
+        sampler = EpochSeededSampler(dataset, shuffle=shuffle, seed=seed + max(rank, 0), inner=sampler)
     generator = torch.Generator()
     generator.manual_seed(6148914691236517205 + seed + max(rank, 0))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, num_workers=nw,
-                        sampler=sampler, pin_memory=torch.cuda.is_available(),
+                        sampler=sampler, pin_memory=torch.cuda.is_available(), persistent_workers=nw > 0,
                         collate_fn=LoadImagesAndLabels.collate_fn4 if quad else LoadImagesAndLabels.collate_fn,
                         worker_init_fn=seed_worker, generator=generator)
     return loader, dataset
