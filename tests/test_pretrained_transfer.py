@@ -243,6 +243,17 @@ def randomize_bn(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
+def test_files_without_num_batches_tracked_still_fit():
+    """Pre-0.4.1 BatchNorms have no num_batches_tracked: shapes decide the fit, the counter keeps its value."""
+    model = Model("yolov5n_ShuffleNetV2_x0_5.yaml", verbose=False)
+    src = {k: v for k, v in patterned(torchvision_layout("shufflenet_v2_x0_5")).items()
+           if not k.endswith("num_batches_tracked")}
+    report = map_backbone(model, src)
+    assert report.matched == report.total == 330
+    assert int(model.model[1].branch1[0].bn.num_batches_tracked) == 0
+    assert torch.equal(model.model[1].branch1[0].bn.running_var, src["stage2.0.branch1.1.running_var"])
+
+
 def test_mapped_shufflenet_computes_what_torchvision_computes():
     """Placement checked by function too: the yaml backbone's P3/P4/P5 equal torchvision's stage2/3/4 outputs."""
     tv = randomize_bn(torchvision.models.shufflenet_v2_x0_5(weights=None), seed=1).eval()
