@@ -42,6 +42,13 @@ def patterned(layout: Layout) -> dict[str, torch.Tensor]:
     return out
 
 
+def as_published(name: str, src: dict) -> dict:
+    """`src` as torchvision's published files hold it: a module's state_dict (an OrderedDict with _metadata)."""
+    model = getattr(torchvision.models, name)(weights=None)
+    model.load_state_dict(src)
+    return model.state_dict()
+
+
 def torchvision_layout(name: str) -> Layout:
     return [(k, tuple(v.shape)) for k, v in getattr(torchvision.models, name)(weights=None).state_dict().items()]
 
@@ -315,7 +322,7 @@ def test_unreadable_and_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="absent.pth"):
         transfer_backbone(model, tmp_path / "absent.pth")
     (tmp_path / "bad.pth").write_bytes(b"not a torch file")
-    with pytest.raises(ValueError, match="bad.pth.*not a readable PyTorch checkpoint"):
+    with pytest.raises(ValueError, match="bad.pth: not a readable torchvision state_dict"):
         transfer_backbone(model, tmp_path / "bad.pth")
     torch.save({"epoch": 3, "note": "no tensors"}, tmp_path / "notsd.pth")
     with pytest.raises(ValueError, match="notsd.pth: not an ImageNet state_dict"):
@@ -339,7 +346,7 @@ def build(tmp_path, *argv: str) -> train.Run:
 def test_train_weights_backbone_file(tmp_path, capture_log):
     """train.py --cfg X.yaml --weights backbone.pth: recognised, mapped, reported; the head stays as built."""
     src = patterned(torchvision_layout("shufflenet_v2_x0_5"))
-    torch.save({"state_dict": src}, tmp_path / "sn.pth")  # timm/training-script style wrapper
+    torch.save({"state_dict": as_published("shufflenet_v2_x0_5", src)}, tmp_path / "sn.pth")  # a training script's
     r = build(tmp_path, "--cfg", "yolov5n_ShuffleNetV2_x0_5.yaml", "--weights", str(tmp_path / "sn.pth"))
     with capture_log() as lines:
         assert train.build_model(r) is None
@@ -351,8 +358,11 @@ def test_train_weights_backbone_file(tmp_path, capture_log):
 
 def test_train_weights_checkpoint_keeps_its_meaning(tmp_path):
     """A project checkpoint, a corrupt file or a missing one are not ImageNet sources: train.py goes on as before."""
-    save_checkpoint(make_checkpoint(Model("yolov5n.yaml", verbose=False)), tmp_path / "best.pt")
+    model = Model("yolov5n.yaml", verbose=False)
+    save_checkpoint(make_checkpoint(model), tmp_path / "best.pt")
     assert imagenet_weights(str(tmp_path / "best.pt"), "yolov5n.yaml") is None
+    torch.save({"model": model, "epoch": 3}, tmp_path / "yolov5.pt")  # YOLOv5's layout: the module pickled whole
+    assert imagenet_weights(str(tmp_path / "yolov5.pt"), "yolov5n.yaml") is None
     (tmp_path / "bad.pt").write_bytes(b"garbage")
     assert imagenet_weights(str(tmp_path / "bad.pt"), "yolov5n.yaml") is None
     assert imagenet_weights(str(tmp_path / "absent.pt"), "yolov5n.yaml") is None
@@ -364,9 +374,10 @@ def test_weights_imagenet_from_the_hub_cache(tmp_path, monkeypatch, capture_log)
     model = Model("yolov5n_MobileNetV3_small.yaml", verbose=False)
     with pytest.raises(FileNotFoundError, match=f"mobilenet_v3_small-047dcff4.pth in {tmp_path}/hub/checkpoints/"):
         find_imagenet_file(model)
-    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
     src = patterned(torchvision_layout("mobilenet_v3_small"))
-    torch.save(src, tmp_path / "hub" / "checkpoints" / "mobilenet_v3_small-047dcff4.pth")
+    torch.save(as_published("mobilenet_v3_small", src), cache / "mobilenet_v3_small-047dcff4.pth")
     assert imagenet_weights(IMAGENET, "yolov5n_MobileNetV3_small.yaml") == IMAGENET
     with capture_log() as lines:
         report = transfer_imagenet(model, IMAGENET, IMAGENET)

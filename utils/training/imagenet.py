@@ -17,9 +17,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from models.blocks.torchvision_backbone import TorchVisionBackbone
-from utils.checkpoint import CheckpointError
-from utils.checkpoint import _read as read_checkpoint_file
+from models.blocks.torchvision_backbone import TorchVisionBackbone, read_weights_file
 from utils.training.transfer import TransferReport, backbone_state_dict, read_state_dict, transfer_backbone
 
 IMAGENET = "imagenet"  # --weights imagenet: the yaml's published file from the torch hub cache
@@ -100,10 +98,10 @@ def imagenet_weights(weights: str, cfg: str) -> str | dict | None:
             return None  # train.py's own 'not found' message
         if path.suffix == ".safetensors":
             read_state_dict(path)  # says why it is refused
-        try:
-            src = backbone_state_dict(read_checkpoint_file(path, weights))
-        except CheckpointError:
-            return None  # unreadable: load_checkpoint says why, as before
+        try:  # weights-only: a YOLOv5 checkpoint (pickled modules) stops at its first class, before its tensors
+            src = backbone_state_dict(read_weights_file(path))
+        except ValueError:
+            return None  # a YOLOv5 checkpoint, or unreadable: load_checkpoint reads it (or says why), as before
         if src is None:
             return None
     if not cfg:

@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from models.blocks.torchvision_backbone import TorchVisionBackbone
-from utils.checkpoint import _read as read_checkpoint_file  # the safe unpickler, one-line errors
+from models.blocks.torchvision_backbone import TorchVisionBackbone, read_weights_file
 from utils.general import LOGGER
 
 NBT = "num_batches_tracked"
@@ -263,8 +262,8 @@ def backbone_state_dict(raw) -> dict | None:
 
 
 def read_state_dict(path: str | Path) -> dict:
-    """An ImageNet state_dict from a local torch file, read by the project's safe unpickler (no code from the file
-    runs). Errors are one line naming the file."""
+    """An ImageNet state_dict from a local torch file, read by torch's weights-only unpickler (no code from the
+    file runs). Errors are one line naming the file."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"ImageNet weights file not found: {path} (nothing is downloaded)")
@@ -272,7 +271,7 @@ def read_state_dict(path: str | Path) -> dict:
         raise ValueError(f"{path}: safetensors files list tensors sorted by name, which loses the layer order this "
                          f"mapping pairs by; save the model's state_dict with torch.save (e.g. from "
                          f"timm.create_model(name, pretrained=True)) and pass that .pth")
-    sd = backbone_state_dict(read_checkpoint_file(p, path))
+    sd = backbone_state_dict(read_weights_file(p))
     if sd is None:
         raise ValueError(f"{path}: not an ImageNet state_dict (expected a dict of tensors, e.g. torchvision's or "
                          f"timm's model.state_dict())")
