@@ -356,6 +356,24 @@ def test_train_weights_backbone_file(tmp_path, capture_log):
         imagenet_weights(str(tmp_path / "sn.pth"), "")
 
 
+def test_yaml_pretrained_key(tmp_path, capture_log):
+    """A yaml's `pretrained: file` does what --weights file does when --weights is empty; a bad file there fails."""
+    src = patterned(torchvision_layout("shufflenet_v2_x0_5"))
+    torch.save(as_published("shufflenet_v2_x0_5", src), tmp_path / "sn.pth")
+    d = Model("yolov5n_ShuffleNetV2_x0_5.yaml", verbose=False).yaml
+    d["pretrained"] = str(tmp_path / "sn.pth")
+    r = build(tmp_path, "--cfg", "yolov5n_ShuffleNetV2_x0_5.yaml")
+    r.opt.cfg = d
+    with capture_log() as lines:
+        train.build_model(r)
+    assert f"ImageNet backbone from {tmp_path / 'sn.pth'}: transferred 330/330 tensors" in lines.text
+    assert torch.equal(r.model.model[6][2].branch2[2].bn.running_mean, src["stage4.3.branch2.6.running_mean"])
+    d["pretrained"] = str(tmp_path / "absent.pth")
+    with pytest.raises(FileNotFoundError, match="absent.pth"):
+        imagenet_weights("", d)
+    assert imagenet_weights(str(tmp_path / "sn.pth"), d) is not None  # --weights given: the key is not read
+
+
 def test_train_weights_checkpoint_keeps_its_meaning(tmp_path):
     """A project checkpoint, a corrupt file or a missing one are not ImageNet sources: train.py goes on as before."""
     model = Model("yolov5n.yaml", verbose=False)

@@ -6,6 +6,8 @@ only a classifier's state_dict (torchvision's ``features.*``, timm's ``conv_stem
 bare or under 'state_dict'/'model') starts the yaml's backbone instead, mapped by
 structure (utils/training/transfer.py). ``--weights imagenet`` looks for torchvision's published file of the
 yaml's backbone in ``torch.hub.get_dir()/checkpoints`` ($TORCH_HOME/hub/checkpoints); nothing is downloaded.
+A yaml may say the same with a top-level ``pretrained: file.pth`` (or ``imagenet``) key, used when --weights is
+empty.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch.nn as nn
 import torchvision
 
 from models.blocks.torchvision_backbone import TorchVisionBackbone, read_weights_file
+from models.yolo import load_model_yaml
 from utils.training.transfer import TransferReport, backbone_state_dict, read_state_dict, transfer_backbone
 
 IMAGENET = "imagenet"  # --weights imagenet: the yaml's published file from the torch hub cache
@@ -85,11 +88,23 @@ def find_imagenet_file(model: nn.Module) -> Path:
                             f"{' or '.join(files)} in {folder}/ (nothing is downloaded) or pass --weights FILE")
 
 
+def yaml_pretrained(cfg) -> str:
+    """The model yaml's optional ``pretrained:`` key (a file or 'imagenet'): what --weights would say."""
+    if not cfg:
+        return ""
+    value = load_model_yaml(cfg)[0].get("pretrained") or ""
+    if not isinstance(value, str):
+        raise ValueError(f"{cfg}: 'pretrained' must be a file path or '{IMAGENET}', got {type(value).__name__}")
+    return value
+
+
 def imagenet_weights(weights: str, cfg: str) -> str | dict | None:
     """What train.py's --weights means: None for a YOLOv5/project checkpoint (or nothing), else the ImageNet
-    source for the --cfg backbone: IMAGENET, or the state_dict read from a backbone-only file."""
+    source for the --cfg backbone: IMAGENET, or the state_dict read from a backbone-only file. Without --weights,
+    the yaml's ``pretrained:`` key says the same (and a bad file there is an error, not ignored)."""
     if not weights:
-        return None
+        key = yaml_pretrained(cfg)
+        return key if key == IMAGENET else read_state_dict(key) if key else None
     if weights == IMAGENET:
         src: str | dict | None = IMAGENET
     else:
@@ -115,4 +130,4 @@ def transfer_imagenet(model: nn.Module, src: str | dict, weights: str) -> Transf
     if src == IMAGENET:
         path = find_imagenet_file(model)
         return transfer_backbone(model, read_state_dict(path), source=str(path))
-    return transfer_backbone(model, src, source=weights)
+    return transfer_backbone(model, src, source=weights or str(getattr(model, "yaml", {}).get("pretrained")))
