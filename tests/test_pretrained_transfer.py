@@ -261,6 +261,17 @@ def test_files_without_num_batches_tracked_still_fit():
     assert torch.equal(model.model[1].branch1[0].bn.running_var, src["stage2.0.branch1.1.running_var"])
 
 
+def test_wrapped_files_and_odd_counters():
+    """A DataParallel-saved file ('module.' prefix) maps the same; a counter of the wrong shape is left alone."""
+    model = Model("yolov5n_MobileNetV3_small.yaml", verbose=False)
+    src = {f"module.{k}": v for k, v in patterned(torchvision_layout("mobilenet_v3_small")).items()}
+    src["module.features.0.1.num_batches_tracked"] = torch.zeros(5, dtype=torch.long)
+    report = map_backbone(model, src)
+    assert report.matched == report.total == 234
+    assert torch.equal(model.model[0].conv.conv.weight, src["module.features.0.0.weight"])
+    assert int(model.model[0].conv.bn.num_batches_tracked) == 0
+
+
 def test_mapped_shufflenet_computes_what_torchvision_computes():
     """Placement checked by function too: the yaml backbone's P3/P4/P5 equal torchvision's stage2/3/4 outputs."""
     tv = randomize_bn(torchvision.models.shufflenet_v2_x0_5(weights=None), seed=1).eval()

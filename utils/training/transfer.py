@@ -136,8 +136,13 @@ def _make_unit(name: str, keys: list[str], sd: dict) -> Unit:
 
 
 def source_units(sd: dict) -> list[Unit]:
-    """Blocks of a torchvision/timm (or any) state_dict, in its order."""
-    return [_make_unit(n, ks, sd) for n, ks in _unit_keys(_tree(list(sd)), "", root=True)]
+    """Blocks of a torchvision/timm (or any) state_dict, in its order; a wrapper's single prefix (DataParallel's
+    ``module.``) is looked through."""
+    node, path = _tree(list(sd)), ""
+    while len(node.children) == 1 and not node.keys:
+        name, node = next(iter(node.children.items()))
+        path = f"{path}.{name}" if path else name
+    return [_make_unit(n, ks, sd) for n, ks in _unit_keys(node, path, root=True)]
 
 
 def backbone_layers(model: nn.Module) -> list[tuple[int, nn.Module]]:
@@ -223,7 +228,8 @@ def map_backbone(model: nn.Module, src: dict) -> TransferReport:
         for i, j in pairs:
             d, s = dst_units[i], src_units[j]
             for dk, sk in _key_pairs(d, s, dsd, src):
-                dsd[dk].copy_(src[sk].to(dsd[dk].dtype))
+                if src[sk].shape == dsd[dk].shape:  # num_batches_tracked is not in the signature: check it here
+                    dsd[dk].copy_(src[sk].to(dsd[dk].dtype))
             report.matched += len(d.keys)
             report.pairs.append((d.name, s.name))
     paired_d, paired_s = {i for i, _ in pairs}, {j for _, j in pairs}
