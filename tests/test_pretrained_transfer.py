@@ -307,6 +307,21 @@ def test_nano_widths_fit_nothing_and_nothing_changes(capture_log):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize("cfg, family", [
+    ("yolov5s_MobileNetv2.yaml", "mobilenet_v2"), ("yolov5s_MobileNetV3.yaml", "mobilenet_v3_large"),
+    ("yolov5s_ShuffleNetV2.yaml", "shufflenet_v2_x0_5"), ("yolov5s_EfficientNetV2.yaml", "efficientnet_v2_s"),
+    ("yolov5n_MobileNetV1.yaml", "timm_mobilenetv1_100"), ("yolov5s_RepVGG.yaml", "timm_repvgg_a0"),
+    ("yolov5n_C3UIB.yaml", "timm_mobilenetv4_conv_small"), ("yolov5s_ghost.yaml", "timm_ghostnet_100")])
+def test_width_scaled_yamls_take_nothing(cfg, family):
+    """The README's claim: the 0.25/0.5-width yamls (and the CSP-layout ones) fit no published file, so the report
+    says 0/N and the model is untouched, rather than some blocks silently taking weights from elsewhere."""
+    model = Model(cfg, verbose=False)
+    before = copy.deepcopy(model.state_dict())
+    report = map_backbone(model, patterned(FAMILIES[family][1]()))
+    assert report.matched == 0 and report.total == len(backbone_keys(model)) > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_a_shape_change_mid_network_ends_the_chain():
     """Units after the first misfit keep their values even where shapes would fit again: no weights from elsewhere."""
     model = Model("yolov5n_ShuffleNetV2_x0_5.yaml", verbose=False)
