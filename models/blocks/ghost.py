@@ -68,7 +68,8 @@ class GhostModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.primary(x)
-        return torch.cat((y, self.cheap(y)), 1)[:, :self.c2]
+        y = torch.cat((y, self.cheap(y)), 1)
+        return y[:, :self.c2] if y.shape[1] != self.c2 else y  # odd widths only: no Slice in exported graphs
 
 
 @register
