@@ -21,8 +21,14 @@ from models.yolo import Model
 from utils.checkpoint import make_checkpoint, save_checkpoint
 from utils.training import load_hyp
 from utils.training.callbacks import Callbacks
-from utils.training.imagenet import (IMAGENET, PUBLISHED, find_imagenet_file, imagenet_weights, torchvision_files,
-                                     transfer_imagenet)
+from utils.training.imagenet import (
+    IMAGENET,
+    PUBLISHED,
+    find_imagenet_file,
+    imagenet_weights,
+    torchvision_files,
+    transfer_imagenet,
+)
 from utils.training.transfer import backbone_layers, map_backbone, transfer_backbone
 
 Layout = list[tuple[str, tuple[int, ...]]]
