@@ -87,6 +87,7 @@ from utils.training import (
 from utils.training.autoanchor import check_anchors
 from utils.training.callbacks import Callbacks
 from utils.training.evolve import EVOLVE_META, evolve, mutate_hyp  # EVOLVE_META, mutate_hyp: train.X
+from utils.training.imagenet import imagenet_weights, transfer_imagenet
 from utils.training.loss import ComputeLoss
 from utils.training.optim import OPTIMIZERS, lr_lambda, smart_optimizer, warmup_iterations, warmup_step
 
@@ -197,7 +198,8 @@ def build_model(r: Run) -> dict | None:
     loaded --weights (load_checkpoint's dict) for restore(), or None."""
     opt, hyp = r.opt, r.hyp
     info = None
-    if opt.weights:
+    imagenet = imagenet_weights(opt.weights, opt.cfg)  # an ImageNet backbone file (or 'imagenet'): mapped below
+    if opt.weights and imagenet is None:
         if not Path(opt.weights).is_file():
             raise FileNotFoundError(f"weights '{opt.weights}' not found (nothing is downloaded: pass a local .pt, "
                                     f"or --weights '' with --cfg to train from scratch)")
@@ -206,7 +208,9 @@ def build_model(r: Run) -> dict | None:
         raise ValueError("pass --cfg model.yaml to train from scratch or --weights file.pt to fine-tune")
     model = Model(opt.cfg or info["yaml"], ch=3, nc=r.nc, anchors=hyp.get("anchors"), verbose=r.main)
     model = model.to(r.device, memory_format=r.memory_format)
-    if info is not None and not opt.resume:
+    if imagenet is not None:
+        transfer_imagenet(model, imagenet, opt.weights)
+    elif info is not None and not opt.resume:
         exclude = ("anchors",) if (opt.cfg or hyp.get("anchors")) else ()
         transfer_weights(model, info["state_dict"], exclude, source=str(opt.weights))
     model.float()

@@ -7,7 +7,7 @@ from models.blocks.attention import CBAM
 from models.blocks.conv import Concat, Focus
 from models.blocks.csp import C3, SPP, SPPF, Bottleneck, CSPBase
 from models.blocks.efficientnet import FusedMBConv, MBConv
-from models.blocks.ghost import C3Ghost, GhostBottleneck, GhostConv
+from models.blocks.ghost import C3Ghost, GhostBottleneck, GhostConv, GhostNetBottleneck
 from models.blocks.heads import Detect, Proto, Segment
 from models.blocks.mobilenet import DWSConv, MobileNetV2_Block, MobileNetV3_Block, conv_bn_hswish
 from models.blocks.repvgg import RepVGGBlock

@@ -86,24 +86,29 @@ def fold_batchnorms(module: nn.Module) -> int:
     return folded
 
 
-def load_state_dict_file(path: str | Path) -> dict:
-    """A state_dict from a local .pt/.pth file (bare or under 'state_dict'/'model').
-
-    Relative paths also try the repo."""
+def read_weights_file(path: str | Path):
+    """What a local .pt/.pth file holds, read with torch's weights-only unpickler (tensors and containers: no code
+    from the file runs; torchvision's published files are OrderedDicts, which the project's record-based reader
+    refuses). Relative paths also try the repo."""
     p = Path(path)
     if not p.is_file() and not p.is_absolute() and (ROOT / p).is_file():
         p = ROOT / p
     if not p.is_file():
         raise FileNotFoundError(f"ImageNet weights file not found: {path} (also looked in {ROOT})")
     try:
-        sd = torch.load(p, map_location="cpu", weights_only=True)
+        return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, pickled whole model, not a torch file: one line, not a traceback
         raise ValueError(f"{p}: not a readable torchvision state_dict ({first_line(e)})") from None
+
+
+def load_state_dict_file(path: str | Path) -> dict:
+    """A state_dict from a local .pt/.pth file (bare or under 'state_dict'/'model')."""
+    sd = read_weights_file(path)
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
     if not isinstance(sd, dict):
-        raise ValueError(f"{p}: expected a state_dict, got {type(sd).__name__}")
+        raise ValueError(f"{path}: expected a state_dict, got {type(sd).__name__}")
     return sd
 
 
