@@ -212,8 +212,10 @@ def test_missing_and_corrupt_teacher_are_one_line_errors(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="--teacher: .*bad.pt"):
         load_teacher(bad, 5, CPU)
-    # the CLI: exit code 2, one line, before any dataset is read or generated
-    cmd = [sys.executable, str(ROOT / "train.py"), "--cfg", "yolov5n.yaml", "--data", str(tmp_path / "none.yaml"),
+    # the CLI: exit code 2, one line, before the dataset is read (this one has no images: that would be another error)
+    (tmp_path / "data.yaml").write_text(yaml.safe_dump({"path": str(tmp_path / "no_images"), "train": "images/train",
+                                                        "val": "images/val", "names": ["a"]}))
+    cmd = [sys.executable, str(ROOT / "train.py"), "--cfg", "yolov5n.yaml", "--data", str(tmp_path / "data.yaml"),
            "--teacher", str(tmp_path / "nope.pt"), "--project", str(tmp_path / "runs")]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     out = (p.stdout + p.stderr).strip()
