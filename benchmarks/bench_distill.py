@@ -105,7 +105,8 @@ def _fmt(v, f: str) -> str:
 def format_table(rows: list[dict], latency_imgsz: int) -> str:
     """Markdown table; the Δ column is the distilled run's mAP50-95 minus the same student's run without teacher."""
     plain = {r["model"]: r["map50_95"] for r in rows if r["teacher"] == "-"}
-    lines = [f"| model | teacher | mAP50 | mAP50-95 | Δ mAP50-95 | train s | ORT FP32 ms @{latency_imgsz} |",
+    at = f" @{latency_imgsz}" if latency_imgsz else ""
+    lines = [f"| model | teacher | mAP50 | mAP50-95 | Δ mAP50-95 | train s | ORT FP32 ms{at} |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         delta = r["map50_95"] - plain[r["model"]] if r["teacher"] != "-" and r["model"] in plain else None
