@@ -3,6 +3,7 @@
 Usage:
     python train.py --data shapes.yaml --cfg yolov5n_MobileNetv2.yaml --imgsz 256 --epochs 30 --batch-size 32
     python train.py --data shapes.yaml --weights runs/train/exp/weights/best.pt     # fine-tune from a checkpoint
+    python train.py --cfg yolov5n.yaml --teacher runs/train/exp/weights/best.pt    # distil (utils/training/distill)
     python train.py --resume                                                        # continue the latest run
     python train.py --resume runs/train/exp3/weights/last.pt                        # continue a given run
     torchrun --nproc_per_node 2 train.py --data shapes.yaml --cfg yolov5n.yaml --batch-size 32 --device cpu
@@ -86,6 +87,7 @@ from utils.training import (
 )
 from utils.training.autoanchor import check_anchors
 from utils.training.callbacks import Callbacks
+from utils.training.distill import DistillLoss, build_distill, load_teacher
 from utils.training.evolve import EVOLVE_META, evolve, mutate_hyp  # EVOLVE_META, mutate_hyp: train.X
 from utils.training.imagenet import imagenet_weights, transfer_imagenet
 from utils.training.loss import ComputeLoss
@@ -119,6 +121,8 @@ class Run:
     scaler: Any = None
     accumulate: int = 1  # batches per optimizer step (nominal batch size / batch size)
     compute_loss: ComputeLoss | None = None
+    distill: DistillLoss | None = None  # --teacher
+    dloss: float = 0.0  # the epoch's mean distillation loss so far
     train_loader: Any = None
     dataset: Any = None
     val_loader: Any = None
@@ -156,11 +160,13 @@ def train(hyp, opt, device: torch.device, callbacks: Callbacks | None = None):
     callbacks.run("on_pretrain_routine_start")
     r = setup(hyp, opt, device, callbacks)
     info = build_model(r)
+    teacher = load_teacher(opt.teacher, r.nc, device, r.names) if opt.teacher else None  # errors before the data
     build_optimizer(r)
     if opt.resume:
         restore(r, info)
     del info
     build_data(r)
+    r.distill = build_distill(opt.teacher, r.model, teacher, r.hyp, r.imgsz)  # after AutoAnchor, as the loss
     start(r)
     try:
         with sigterm_as_interrupt():
@@ -338,7 +344,8 @@ def build_data(r: Run) -> None:
 def start(r: Run) -> None:
     """results.csv, the start log line and the RNG streams, last: everything before may have drawn from them."""
     r.maps = np.zeros(r.nc)
-    r.csv = ResultsCSV(r.save_dir / "results.csv", r.start_epoch) if r.main else None
+    keys = (*RESULT_KEYS, "train/distill_loss") if r.distill else RESULT_KEYS
+    r.csv = ResultsCSV(r.save_dir / "results.csv", r.start_epoch, keys) if r.main else None
     r.callbacks.run("on_train_start")
     LOGGER.info(f"Image sizes {r.imgsz} train, {r.imgsz} val\n"
                 f"Using {r.train_loader.num_workers * WORLD_SIZE} dataloader workers\n"
@@ -390,7 +397,14 @@ def train_one_epoch(r: Run, epoch: int) -> torch.Tensor | None:
                 with torch.autocast(device.type, enabled=r.amp):
                     pred = model(imgs)
                     clock.lap("forward")
+                    if r.distill:
+                        teacher_raw = r.distill.teacher_outputs(imgs)  # the same preprocessed batch
+                        clock.lap("teacher")
                     loss, loss_items = r.compute_loss(pred, targets.to(device))
+                    if r.distill:
+                        dloss, ditem = r.distill(pred, teacher_raw)
+                        loss = loss + dloss
+                        r.dloss = (r.dloss * i + float(ditem)) / (i + 1)
                     if RANK != -1:
                         loss = loss * WORLD_SIZE  # DDP averages gradients; keep the total-batch scale
                     if opt.quad:
@@ -454,7 +468,7 @@ def end_epoch(r: Run, epoch: int, mloss: torch.Tensor) -> bool:
         r.clock.lap("val")
         fi = float(fitness(np.array(r.results).reshape(1, -1))[0])
         stop = r.stopper(epoch=epoch, fitness=fi) or r.callbacks.stop_training
-        log_vals = [*mloss.tolist(), *r.results, *lr]
+        log_vals = [*mloss.tolist(), *r.results, *lr] + ([r.dloss] if r.distill else [])
         r.csv.write(epoch, log_vals)
         r.callbacks.run("on_fit_epoch_end", log_vals, epoch, r.stopper.best_fitness, fi)
         if not r.opt.nosave or (final_epoch and not r.opt.evolve) or stop:
@@ -534,6 +548,7 @@ def parse_opt(known: bool = False, argv: list[str] | None = None) -> argparse.Na
     p = argparse.ArgumentParser(description="Train a YOLOv5-compatible detector")
     p.add_argument("--weights", type=str, default="", help="initial weights path ('' trains from --cfg)")
     p.add_argument("--cfg", type=str, default="", help="model.yaml path (bare names are found under models/)")
+    p.add_argument("--teacher", type=str, default="", help="trained checkpoint to distil from (same classes)")
     p.add_argument("--data", type=str, default="shapes.yaml", help="dataset.yaml path (bare names under data/)")
     p.add_argument("--hyp", type=str, default="hyp.scratch-low.yaml",
                    help="hyperparameters (bare names under data/hyps/)")
@@ -583,6 +598,8 @@ def resolve_opt(opt: argparse.Namespace) -> argparse.Namespace:
         opt.hyp = str(check_yaml(opt.hyp))
     if opt.weights:
         opt.weights = str(opt.weights)
+    if opt.teacher and not Path(opt.teacher).is_file():  # before the dataset is read or generated
+        raise FileNotFoundError(f"--teacher '{opt.teacher}' not found")
     if not opt.cfg and not opt.weights:
         raise ValueError("either --cfg (train from scratch) or --weights (fine-tune) must be specified")
     if opt.evolve and opt.resume:

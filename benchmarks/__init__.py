@@ -6,6 +6,7 @@ Run from the repository root:
     python -m benchmarks.bench_export ...      export latency per backend, FP32 vs INT8 mAP
     python -m benchmarks.bench_models ...      parameters, GFLOPs and fused CPU latency of every model yaml
     python -m benchmarks.bench_train ...       training-step vs dataloader throughput
+    python -m benchmarks.bench_distill ...     students with and without a teacher (train.py --teacher)
     python -m benchmarks.bench_dataloader ...  mosaic dataloader throughput
     python -m benchmarks.bench_metrics ...     validation metric code speed
     python -m benchmarks.profile_onnx ...      ONNX Runtime kernel time per operator type

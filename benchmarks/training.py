@@ -30,13 +30,17 @@ RECORD = "benchmark.json"  # written into a training run folder once it has fini
 
 
 def training_recipe(cfg: str | Path, data: str | Path, epochs: int, imgsz: int, seed: int, batch_size: int,
-                    hyp: str | None, optimizer: str, nbs: int) -> dict:
+                    hyp: str | None, optimizer: str, nbs: int, teacher: str | Path | None = None) -> dict:
     """Everything that decides a benchmark training run's result. The yaml's parsed content is hashed, not just its
     name, so an edited model is retrained while a comment edit is not. Hyp and data yamls are named, not hashed
-    (edit them and use a new --name)."""
-    return dict(cfg=Path(cfg).name, model_sha1=model_hash(cfg), data=Path(str(data)).name,
-                epochs=epochs, imgsz=imgsz, seed=seed, batch_size=batch_size, hyp=str(hyp or ""),
-                optimizer=optimizer, nbs=nbs)
+    (edit them and use a new --name). A --teacher checkpoint is named by its absolute path (a retrained teacher lands
+    in a new run folder); recipes without one keep the keys they always had, so older records still match."""
+    recipe = dict(cfg=Path(cfg).name, model_sha1=model_hash(cfg), data=Path(str(data)).name,
+                  epochs=epochs, imgsz=imgsz, seed=seed, batch_size=batch_size, hyp=str(hyp or ""),
+                  optimizer=optimizer, nbs=nbs)
+    if teacher:
+        recipe["teacher"] = str(Path(teacher).resolve())
+    return recipe
 
 
 def model_hash(cfg: str | Path) -> str:
@@ -71,12 +75,13 @@ def finished_run(projects: str | Path | list, name: str, recipe: dict) -> dict |
 def train_and_eval(cfg: str | Path, data: str | Path, epochs: int, imgsz: int, seed: int = 0, batch_size: int = 16,
                    hyp: str | None = "hyp.scratch-low.yaml", workers: int = 2,
                    project: str | Path = ROOT / "runs/benchmark", name: str = "exp", optimizer: str = "SGD",
-                   nbs: int = 64, reuse: bool = True, reuse_from: tuple | list = ()) -> dict:
+                   nbs: int = 64, reuse: bool = True, reuse_from: tuple | list = (),
+                   teacher: str | Path | None = None) -> dict:
     """Train cfg from scratch for `epochs` with train.run and the shared recipe; returns weights (best.pt), mAP50,
     mAP50-95 (the best epoch's validation, which best.pt holds) and the wall time in seconds. With reuse, a
     finished run of the same recipe under project/name* (or under reuse_from/name*: the training folders of earlier
-    benchmark runs) is returned instead (its 'reused' key is True)."""
-    recipe = training_recipe(cfg, data, epochs, imgsz, seed, batch_size, hyp, optimizer, nbs)
+    benchmark runs) is returned instead (its 'reused' key is True). teacher: train with train.py --teacher."""
+    recipe = training_recipe(cfg, data, epochs, imgsz, seed, batch_size, hyp, optimizer, nbs, teacher)
     if reuse and (done := finished_run([project, *reuse_from], name, recipe)):
         LOGGER.info(f"benchmarks: reusing {done['weights']} (same recipe, trained earlier)")
         return done
@@ -89,6 +94,8 @@ def train_and_eval(cfg: str | Path, data: str | Path, epochs: int, imgsz: int, s
               noplots=True, optimizer=optimizer, nbs=nbs)
     if hyp:
         kw["hyp"] = str(hyp)
+    if teacher:
+        kw["teacher"] = str(teacher)
     t = time.perf_counter()
     opt = train.run(**kw)  # a fresh run folder (name, name2, ...): a rerun never reads an older run's files
     seconds = time.perf_counter() - t

@@ -155,16 +155,16 @@ def labels_to_image_weights(labels: list[np.ndarray], nc: int, class_weights: np
 class ResultsCSV:
     """results.csv: one row per epoch, YOLOv5's columns; a resumed run first drops rows from epochs it redoes."""
 
-    def __init__(self, path: Path, start_epoch: int = 0):
-        self.path = path
+    def __init__(self, path: Path, start_epoch: int = 0, keys: tuple[str, ...] = RESULT_KEYS):
+        self.path, self.keys = path, tuple(keys)  # extra keys (train/distill_loss) follow YOLOv5's columns
         if start_epoch and path.exists():
             lines = path.read_text().splitlines()
             keep = lines[:1] + [ln for ln in lines[1:] if ln.strip() and float(ln.split(",")[0]) < start_epoch]
             path.write_text("\n".join(keep) + "\n")
 
     def write(self, epoch: int, values: list[float]) -> None:
-        n = len(RESULT_KEYS) + 1
-        head = "" if self.path.exists() else ("%20s," * n % ("epoch", *RESULT_KEYS)).rstrip(",") + "\n"
+        n = len(self.keys) + 1
+        head = "" if self.path.exists() else ("%20s," * n % ("epoch", *self.keys)).rstrip(",") + "\n"
         with open(self.path, "a") as f:
             f.write(head + ("%20.5g," * n % (epoch, *values)).rstrip(",") + "\n")
 
@@ -173,7 +173,8 @@ class PhaseClock:
     """Wall seconds per training phase within an epoch, logged at its end. CPU kernels run synchronously, so the
     deltas are the phases' own cost; on CUDA they measure launch time (nothing is synchronised, to stay free)."""
 
-    PHASES = ("data", "forward", "loss", "backward", "optimizer", "ema", "log", "val", "checkpoint")
+    PHASES = ("data", "forward", "teacher", "loss", "backward", "optimizer", "ema", "log", "val", "checkpoint")
+    OPTIONAL = ("teacher",)  # listed only when it took time: a run without --teacher logs the line it always did
 
     def __init__(self):
         self.reset()
@@ -190,7 +191,8 @@ class PhaseClock:
 
     def summary(self) -> str:
         total = sum(self.seconds.values())
-        return f"epoch {total:.1f}s: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items())
+        return f"epoch {total:.1f}s: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()
+                                                   if v or k not in self.OPTIONAL)
 
 
 # ---------------------------------------------------------------------------------------------------------------
