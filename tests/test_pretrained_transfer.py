@@ -8,13 +8,13 @@ backbone tensors in the published model's forward order (stated independently he
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
 import torch
 import torch.nn as nn
 import torchvision
-from safetensors.torch import save_file
 
 import train
 from models.yolo import Model
@@ -349,6 +349,19 @@ def test_fewer_repeats_than_the_file_take_the_first_blocks_of_each_stage():
                                 ("model.3", "stage3.0"), ("model.4.0", "stage3.1")]
 
 
+def write_safetensors(sd: dict, path) -> None:
+    """The safetensors layout (8-byte little-endian header size, JSON header with keys sorted, raw little-endian
+    data), written here so the tests need no safetensors package."""
+    header, chunks, offset = {}, [], 0
+    for k in sorted(sd):
+        b = sd[k].contiguous().numpy().tobytes()
+        header[k] = {"dtype": "F32", "shape": list(sd[k].shape), "data_offsets": [offset, offset + len(b)]}
+        chunks.append(b)
+        offset += len(b)
+    h = json.dumps(header).encode()
+    path.write_bytes(len(h).to_bytes(8, "little") + h + b"".join(chunks))
+
+
 def test_unreadable_and_missing_files(tmp_path):
     model = Model("yolov5n_ShuffleNetV2_x0_5.yaml", verbose=False)
     with pytest.raises(FileNotFoundError, match="absent.pth"):
@@ -359,7 +372,7 @@ def test_unreadable_and_missing_files(tmp_path):
     torch.save({"epoch": 3, "note": "no tensors"}, tmp_path / "notsd.pth")
     with pytest.raises(ValueError, match="notsd.pth: not an ImageNet state_dict"):
         transfer_backbone(model, tmp_path / "notsd.pth")
-    save_file(patterned(timm_repvgg_a0()), str(tmp_path / "model.safetensors"))
+    write_safetensors(patterned(timm_repvgg_a0()), tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match="safetensors files list tensors sorted by name"):  # the order is lost
         transfer_backbone(model, tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match="safetensors"):

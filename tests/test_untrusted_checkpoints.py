@@ -511,3 +511,51 @@ def test_plain_values_read_at_every_pickle_protocol(tmp_path, protocol):
     assert (r["s"], r["fs"], r["t"], r["od"], r["sz"]) == (v["s"], v["fs"], v["t"], v["od"], v["sz"])
     assert torch.equal(r["w"], v["w"]) and r["w"].stride() == (1, 3) and r["h"].dtype == torch.float16
     assert r["u16"].dtype == torch.uint16 and r["u16"].tolist() == [0, 1, 2, 3]
+
+
+# ---------------------------------------------------------------- ImageNet state_dict files (zip and legacy stream)
+def _legacy_file(path: Path, main: bytes) -> Path:
+    """torch's pre-zip stream: magic, protocol, system info, the object, then the storage key list (empty)."""
+    head = (pickle.dumps(0x1950A86A20F9469CFC6C, 2) + pickle.dumps(1001, 2)
+            + pickle.dumps({"protocol_version": 1001, "little_endian": True}, 2))
+    path.write_bytes(head + main + pickle.dumps([], 2))
+    return path
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_real_state_dict_files_load_with_their_metadata(tmp_path, zip_format):
+    """nn.Module.state_dict() files (OrderedDicts carrying _metadata), in the zip format and in the legacy stream
+    many published ImageNet files use, come back equal, with the version records load_state_dict reads."""
+    import torchvision
+
+    from utils.safe_unpickle import read_torch_file
+    m = torchvision.models.shufflenet_v2_x0_5(weights=None)
+    f = tmp_path / "w.pth"
+    torch.save(m.state_dict(), f, _use_new_zipfile_serialization=zip_format)
+    sd = read_torch_file(f)
+    ref = m.state_dict()
+    assert list(sd) == list(ref) and all(torch.equal(sd[k], ref[k]) and sd[k].dtype == ref[k].dtype for k in ref)
+    assert sd._metadata == ref._metadata
+    torchvision.models.shufflenet_v2_x0_5(weights=None).load_state_dict(sd)
+
+
+def test_state_dict_and_legacy_records_are_checked(tmp_path, clean):
+    """An OrderedDict may receive only plain _metadata; a legacy storage may not claim more bytes than the file
+    has left (refused before anything is allocated); 'module' ids (pickled source code) are refused."""
+    from utils.safe_unpickle import read_torch_file
+    before = snapshot()
+    od = G("collections", "OrderedDict") + EMPTY_TUPLE + REDUCE
+    cases = {
+        "other_attr": (write_zip(tmp_path / "a.pt", PROTO + od + D(update=I(1)) + BUILD + STOP), "_metadata"),
+        "bad_meta": (write_zip(tmp_path / "b.pt", PROTO + od + D(_metadata=D(x=U("v"))) + BUILD + STOP),
+                     "_metadata"),
+        "huge_claim": (_legacy_file(tmp_path / "c.pt", PROTO + T(U("storage"), G("torch", "FloatStorage"), U("0"),
+                                                                  U("cpu"), I(10 ** 12), NONE) + b"Q" + STOP),
+                       "claims"),
+        "module_id": (_legacy_file(tmp_path / "d.pt", PROTO + T(U("module"), U("x"), U("src")) + b"Q" + STOP),
+                      "module"),
+    }
+    for path, word in cases.values():
+        with pytest.raises(pickle.UnpicklingError, match=word):
+            read_torch_file(path)
+    assert_unchanged(before)

@@ -190,7 +190,7 @@ class SafeUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcode
             raise
         except Exception as e:  # e.g. numpy rejecting a malformed scalar
             _refuse(f"bad arguments for {getattr(func, '__name__', '?')}: {type(e).__name__}")
-        if func in (self._dtype, self._reconstruct):
+        if func in (self._dtype, self._reconstruct) or type(obj) is collections.OrderedDict:
             self._fresh[id(obj)] = obj
         return obj
 
@@ -262,9 +262,23 @@ class SafeUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcode
                 _refuse("numpy dtype that is not a plain number type")
         elif self._fresh.get(id(inst)) is inst and type(inst) is np.ndarray:
             self._build_array(inst, state)
+        elif self._fresh.get(id(inst)) is inst and type(inst) is collections.OrderedDict:
+            self._build_state_dict(inst, state)
         else:
             _refuse(f"refusing to set the state of a {type(inst).__name__} object (only records and arrays)")
     dispatch[pickle.BUILD[0]] = load_build
+
+    @staticmethod
+    def _build_state_dict(sd, state) -> None:
+        """nn.Module.state_dict() is an OrderedDict carrying one attribute, _metadata (per-module version dicts
+        that load_state_dict reads, e.g. BatchNorm's): the only attribute a file may set, and only to plain
+        {str: {str: int}} entries."""
+        meta = state.get("_metadata") if type(state) is dict and set(state) == {"_metadata"} else None
+        if type(meta) not in (dict, collections.OrderedDict) or not all(
+                type(k) is str and type(v) in (dict, collections.OrderedDict)
+                and all(type(a) is str and type(b) is int for a, b in v.items()) for k, v in meta.items()):
+            _refuse("OrderedDict state other than a state_dict's plain _metadata version records")
+        sd._metadata = meta
 
     def _build_array(self, arr, state) -> None:
         if not (isinstance(state, tuple) and len(state) == 5 and state[0] == 1):
@@ -399,3 +413,69 @@ def read_torch_zip(path: Path) -> Any:
             _refuse("unknown byteorder record")
         storages = _ZipStorages(zf, prefix, swap=order != sys.byteorder)
         return SafeUnpickler(io.BytesIO(zf.read(pkls[0])), storages).load()
+
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.save's first pickle before the zip format (torch < 1.6)
+LEGACY_PROTOCOL = 1001
+
+
+class _LegacyStorages:
+    """persistent_load for torch's legacy (pre-1.6) stream: storages are declared in the main pickle and their bytes
+    follow it, so each is allocated only while the claimed bytes still fit in what is left of the file."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.cache: dict[str, Storage] = {}
+
+    def __call__(self, pid) -> Storage:
+        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] in ("storage", b"storage")):
+            _refuse("legacy persistent id that is not a plain storage ('module' ids carry source code)")
+        _, stype, key, _location, numel, view = pid
+        if view is not None:
+            _refuse("legacy storage view records are not supported")
+        if not isinstance(stype, _StorageType) or not (isinstance(key, str) and key.isalnum() and _is_int(numel)):
+            _refuse("malformed legacy storage record")
+        if key in self.cache:
+            same = self.cache[key].dtype == stype.dtype
+            return self.cache[key] if same else _refuse("storage reused with another dtype")
+        nbytes = numel * torch._utils._element_size(stype.dtype)
+        if nbytes + 8 > self.budget:
+            _refuse(f"storage {key} claims {nbytes} bytes but the file holds fewer")
+        self.budget -= nbytes + 8
+        self.cache[key] = Storage(torch.UntypedStorage(nbytes), stype.dtype)
+        return self.cache[key]
+
+
+def read_torch_legacy(path: Path) -> Any:
+    """Unpickle a legacy (pre-zip) torch.save file safely: magic, protocol and system-info pickles, the object
+    (through SafeUnpickler), the list of storage keys, then each storage as an 8-byte little-endian element count and
+    its bytes. Many published ImageNet files (e.g. torchvision's 2018-2020 ones) are in this format."""
+    file_size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        header = [SafeUnpickler(f).load() for _ in range(3)]
+        if header[0] != LEGACY_MAGIC or header[1] != LEGACY_PROTOCOL or not isinstance(header[2], dict):
+            _refuse("not a torch.save file (neither a zip nor the legacy format)")
+        if header[2].get("little_endian", True) is not True:
+            _refuse("big-endian legacy files are not supported")
+        storages = _LegacyStorages(file_size - f.tell())
+        obj = SafeUnpickler(f, storages).load()
+        keys = SafeUnpickler(f).load()
+        if not (isinstance(keys, list) and sorted(keys) == sorted(storages.cache) and len(set(keys)) == len(keys)):
+            _refuse("legacy storage key list does not match the storages the object uses")
+        for key in keys:
+            st = storages.cache[key]
+            count = int.from_bytes(f.read(8), "little")
+            nbytes = st.untyped.nbytes()
+            if count * torch._utils._element_size(st.dtype) != nbytes:
+                _refuse(f"storage {key}: {count} elements recorded where {st.numel} were declared")
+            data = f.read(nbytes)
+            if len(data) != nbytes:
+                _refuse(f"storage {key}: the file ends inside its data")
+            if nbytes:
+                st.untyped.copy_(torch.UntypedStorage.from_buffer(data, dtype=torch.uint8))
+    return obj
+
+
+def read_torch_file(path: Path) -> Any:
+    """read_torch_zip for zip checkpoints, read_torch_legacy for the older stream format."""
+    return read_torch_zip(path) if zipfile.is_zipfile(path) else read_torch_legacy(path)

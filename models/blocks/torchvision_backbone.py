@@ -21,6 +21,7 @@ import torchvision
 from models.layers import fuse_conv_and_bn
 from models.registry import Row, YamlError, register, single_input
 from utils.general import LOGGER, ROOT, first_line
+from utils.safe_unpickle import read_torch_file
 from utils.torch_utils import load_matching
 
 
@@ -87,16 +88,16 @@ def fold_batchnorms(module: nn.Module) -> int:
 
 
 def read_weights_file(path: str | Path):
-    """What a local .pt/.pth file holds, read with torch's weights-only unpickler (tensors and containers: no code
-    from the file runs; torchvision's published files are OrderedDicts, which the project's record-based reader
-    refuses). Relative paths also try the repo."""
+    """What a local .pt/.pth file holds, read by the project's safe unpickler (utils/safe_unpickle.py: tensors,
+    containers and state_dict OrderedDicts with their _metadata; no code from the file runs, no size a file claims
+    is allocated unchecked). Relative paths also try the repo."""
     p = Path(path)
     if not p.is_file() and not p.is_absolute() and (ROOT / p).is_file():
         p = ROOT / p
     if not p.is_file():
         raise FileNotFoundError(f"ImageNet weights file not found: {path} (also looked in {ROOT})")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        return read_torch_file(p)
     except Exception as e:  # truncated file, pickled whole model, not a torch file: one line, not a traceback
         raise ValueError(f"{p}: not a readable torchvision state_dict ({first_line(e)})") from None
 

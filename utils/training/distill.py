@@ -78,6 +78,8 @@ def load_teacher(weights: str | Path, nc: int, device: torch.device, names: dict
                        f"({list(dict(tnames).values())[:5]} vs {list(dict(names).values())[:5]}); distilling by index")
     model.requires_grad_(False)
     head.raw_export = True  # the raw levels are all distillation reads: skip the box decoding
+    if device.type == "cpu":  # the student's batches are channels_last on CPU: the teacher runs the fast kernels too
+        model = model.to(memory_format=torch.channels_last)
     return model.eval()  # again: the convs fusing made are new modules, in training mode
 
 
