@@ -47,7 +47,7 @@ from utils.export import (
 )
 from utils.export import int8 as _int8
 from utils.export.graphs import classic_shuffle, output_names
-from utils.export.int8_mnn import NCNN_INT8_UNREACHABLE, quantize_mnn_int8
+from utils.export.int8_mnn import NCNN_INT8_UNREACHABLE, check_mnn_int8, quantize_mnn_int8
 from utils.export.int8_openvino import quantize_openvino_int8, require_nncf
 from utils.export.mnn import export_mnn
 from utils.export.ncnn import export_ncnn
@@ -268,6 +268,8 @@ def run(weights=ROOT / "yolov5s.pt", imgsz=(640, 640), batch_size: int = 1, devi
         quantize_mnn_int8(fp32, q, data, imgsz, n_images=calib_images)
         LOGGER.info(f"{colorstr('MNN INT8:')} export success ✅ {time.time() - t:.1f}s, saved as {q} "
                     f"({q.stat().st_size / 1e6:.1f} MB)")
+        if inputs is not None:  # the quantiser cannot be checked to float32 rounding; a broken model can
+            check_mnn_int8(fp32, q, inputs["image"], decoded=graph == "decoded")
         written.append(str(q))
         if check_int8:
             _check_int8(fp32, q, data, imgsz, dynamic)

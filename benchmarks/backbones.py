@@ -3,8 +3,8 @@
     python -m benchmarks --data data/shapes.yaml --imgsz 320 --cfgs 'models/yolov5n*.yaml' --epochs 10
 
 For every model yaml one CSV row: parameters and GFLOPs (the YOLOv5 summary of the model as built, at --imgsz),
-batch-1 CPU latency for the fused PyTorch model, the ONNX Runtime FP32 and INT8 exports, and the OpenVINO, ncnn,
-MNN (FP32) and MNN INT8 exports of --runtimes (median of --runs timed calls after --warmup untimed ones, --threads
+batch-1 CPU latency for the fused PyTorch model, the ONNX Runtime FP32 and INT8 exports, and the OpenVINO, ncnn
+and MNN (FP32) exports of --runtimes (median of --runs timed calls after --warmup untimed ones, --threads
 threads in every runtime; the exports timed in turns in a child process by benchmarks.bench_runtimes), the fastest
 of them, peak memory of PyTorch and ONNX Runtime (benchmarks.memory), exported file sizes and, when --epochs > 0,
 mAP50 and mAP50-95 of best.pt after training that many epochs from scratch with one recipe and seed for all
@@ -42,8 +42,10 @@ from utils.general import LOGGER, increment_path
 ROOT = Path(__file__).resolve().parents[1]
 STEM = "backbones"  # file stem of the CSV, PNG and markdown (the README links benchmarks/results/backbones.*)
 COMMAND = "python -m benchmarks"
-RUNTIMES = ("openvino", "ncnn", "mnn")  # timed beside ONNX Runtime; export.py writes and verifies each
-INT8_RUNTIMES = ("mnn",)  # of those, the ones export.py --int8 quantises without optional packages (not ncnn)
+# timed beside ONNX Runtime, float32; export.py writes and verifies each. Their INT8 is left out: ncnn's is not
+# reachable from pip, MNN 3.6.1 computes its INT8 models wrongly on x86 and OpenVINO's needs nncf (optional).
+RUNTIMES = ("openvino", "ncnn", "mnn")
+
 
 def build_model(cfg: str | Path, nc: int, seed: int = 0):
     """The model as a training run would build it (same nc, same seeded initialisation)."""
@@ -92,21 +94,10 @@ def export_onnx(weights: str | Path, imgsz: int, int8: bool = False, data: str |
     return out
 
 
-def export_runtime(weights: str | Path, imgsz: int, runtime: str, int8: bool = False,
-                   data: str | Path | None = None, calib_images: int | None = None) -> dict[str, Path]:
-    """{'fp32': the export.run output for runtime (openvino, ncnn, mnn)} plus {'int8': ...} when int8 (MNN's
-    quantiser, calibrated on data's train images); each FP32 export verified against PyTorch by export.run."""
+def export_runtime(weights: str | Path, imgsz: int, runtime: str) -> Path:
+    """The export.run output for runtime (openvino, ncnn, mnn): float32, verified against PyTorch by export.run."""
     import export
-    kw = dict(weights=str(weights), include=(runtime,), imgsz=(imgsz, imgsz), device="cpu")
-    if int8:
-        kw.update(int8=True, data=str(data), check_int8=False)
-        if calib_images:
-            kw["calib_images"] = calib_images
-    files = [Path(f) for f in export.run(**kw)]
-    out = {"fp32": files[0]}
-    if int8:
-        out["int8"] = files[1]
-    return out
+    return Path(export.run(weights=str(weights), include=(runtime,), imgsz=(imgsz, imgsz), device="cpu")[0])
 
 
 def benchmark_model(cfg: str | Path, opt: argparse.Namespace, nc: int, workdir: Path, progress=None) -> Row:
@@ -218,25 +209,17 @@ def benchmark_model(cfg: str | Path, opt: argparse.Namespace, nc: int, workdir: 
 
 
 def export_runtimes(row: Row, weights: Path, opt: argparse.Namespace, step) -> dict[str, Path]:
-    """{'<runtime>_<fp32|int8>': file} for each runtime in opt.runtimes that exports; the columns of the others
-    get their reason (not requested, package missing, export failed)."""
+    """{'<runtime>_fp32': file} for each runtime in opt.runtimes that exports; the columns of the others get their
+    reason (not requested, package missing, export failed)."""
     out = {}
     for rt in RUNTIMES:
-        cols = (f"{rt}_fp32_ms",) + ((f"{rt}_int8_ms",) if rt in INT8_RUNTIMES else ())
         if rt not in opt.runtimes:
-            row.skip(cols, "not in --runtimes")
+            row.skip((f"{rt}_fp32_ms",), "not in --runtimes")
             continue
-        int8 = rt in INT8_RUNTIMES and not opt.no_int8
         step(f"{rt} export")
-        try:
-            got = export_runtime(weights, opt.imgsz, rt, int8, opt.data, opt.calib_images)
-        except Exception as e:  # INT8 quantisation may be what failed: FP32 on its own may still export
-            row.skip(cols[1:] if int8 else cols, failure_reason(e))
-            got = row.stage(cols[:1], lambda rt=rt: export_runtime(weights, opt.imgsz, rt), keep=True) if int8 \
-                else None
-        if rt in INT8_RUNTIMES and not int8:
-            row.skip(cols[1:], "--no-int8")
-        out.update({f"{rt}_{tag}": f for tag, f in (got or {}).items()})
+        f = row.stage((f"{rt}_fp32_ms",), lambda rt=rt: export_runtime(weights, opt.imgsz, rt), keep=True)
+        if f is not None:
+            out[f"{rt}_fp32"] = f
     return out
 
 

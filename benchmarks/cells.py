@@ -8,8 +8,7 @@ from utils.general import first_line
 NA = "n/a"
 # latency column -> the runtime it times, as the table's 'fastest' column names it
 LATENCY_TITLES = {"torch_ms": "PyTorch", "ort_fp32_ms": "ORT FP32", "ort_int8_ms": "ORT INT8",
-                  "openvino_fp32_ms": "OpenVINO FP32", "ncnn_fp32_ms": "ncnn FP32", "mnn_fp32_ms": "MNN FP32",
-                  "mnn_int8_ms": "MNN INT8"}
+                  "openvino_fp32_ms": "OpenVINO FP32", "ncnn_fp32_ms": "ncnn FP32", "mnn_fp32_ms": "MNN FP32"}
 METRIC_COLUMNS = ["model", "params", "gflops", *LATENCY_TITLES, "fastest", "fastest_ms", "torch_mem_mb",
                   "ort_fp32_mem_mb", "ort_int8_mem_mb", "onnx_fp32_mb", "onnx_int8_mb", "map50", "map50_95",
                   "train_s"]

@@ -13,8 +13,8 @@ TABLE = [  # (column, header, format) of the printed / markdown table
     ("model", "Model", "{}"), ("params", "Params (M)", "{:.2f}"), ("gflops", "GFLOPs", "{:.2f}"),
     ("torch_ms", "PyTorch ms", "{:.1f}"), ("ort_fp32_ms", "ORT FP32 ms", "{:.1f}"),
     ("ort_int8_ms", "ORT INT8 ms", "{:.1f}"), ("openvino_fp32_ms", "OpenVINO ms", "{:.1f}"),
-    ("ncnn_fp32_ms", "ncnn ms", "{:.1f}"), ("mnn_fp32_ms", "MNN ms", "{:.1f}"),
-    ("mnn_int8_ms", "MNN INT8 ms", "{:.1f}"), ("fastest", "Fastest", "{}"), ("torch_mem_mb", "PyTorch MB", "{:.0f}"),
+    ("ncnn_fp32_ms", "ncnn ms", "{:.1f}"), ("mnn_fp32_ms", "MNN ms", "{:.1f}"), ("fastest", "Fastest", "{}"),
+    ("torch_mem_mb", "PyTorch MB", "{:.0f}"),
     ("ort_fp32_mem_mb", "ORT FP32 MB", "{:.0f}"), ("ort_int8_mem_mb", "ORT INT8 MB", "{:.0f}"),
     ("onnx_fp32_mb", "ONNX MB", "{:.1f}"), ("onnx_int8_mb", "INT8 MB", "{:.1f}"),
     ("map50", "mAP50", "{:.3f}"), ("map50_95", "mAP50-95", "{:.3f}")]
@@ -36,8 +36,7 @@ def pareto_front(x: list[float], y: list[float]) -> list[int]:
 LATENCY_PANELS = {"fastest_ms": "each model's fastest runtime", "ort_fp32_ms": "ONNX Runtime FP32",
                   "ort_int8_ms": "ONNX Runtime INT8", "torch_ms": "PyTorch fused"}
 RUNTIME_COLORS = {"PyTorch": "tab:gray", "ORT FP32": "tab:blue", "ORT INT8": "tab:cyan",
-                  "OpenVINO FP32": "tab:purple", "ncnn FP32": "tab:green", "MNN FP32": "tab:orange",
-                  "MNN INT8": "tab:brown"}
+                  "OpenVINO FP32": "tab:purple", "ncnn FP32": "tab:green", "MNN FP32": "tab:orange"}
 
 
 def latency_columns(rows: list[dict]) -> list[str]:

