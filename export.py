@@ -7,6 +7,7 @@ Usage:
     python export.py --weights best.pt --include onnx --raw                # per-level raw head outputs (NPUs)
     python export.py --weights best.pt --include onnx --int8 --data shapes.yaml --imgsz 256   # + best_int8.onnx
     python export.py --weights best.pt --include openvino ncnn mnn --imgsz 320   # best_openvino_model/, ...
+    python export.py --weights best.pt --include mnn --int8 --data shapes.yaml --imgsz 320   # + best_int8.mnn
 
 The exported graph is the fused model (BatchNorm folded, RepVGG re-parameterised). Input `images` is
 (N, 3, H, W) float 0-1 RGB; output `output0` is the decoded (N, A, nc+5) tensor x, y, w, h (pixels), obj,
@@ -46,6 +47,7 @@ from utils.export import (
 )
 from utils.export import int8 as _int8
 from utils.export.graphs import classic_shuffle, output_names
+from utils.export.int8_mnn import NCNN_INT8_UNREACHABLE, check_mnn_int8, quantize_mnn_int8
 from utils.export.int8_openvino import quantize_openvino_int8, require_nncf
 from utils.export.mnn import export_mnn
 from utils.export.ncnn import export_ncnn
@@ -60,6 +62,7 @@ from utils.torch_utils import select_device
 FORMATS = {"torchscript": ".torchscript", "onnx": ".onnx", "openvino": "_openvino_model", "ncnn": "_ncnn_model",
            "mnn": ".mnn"}
 RUNTIME_FORMATS = ("openvino", "ncnn", "mnn")  # converted from the fused model, verified in a child process
+INT8_FORMATS = ("onnx", "openvino", "mnn")  # --int8: ONNX Runtime, NNCF and MNN's quantiser (ncnn: not from pip)
 TITLES = {"torchscript": "TorchScript", "onnx": "ONNX", "openvino": "OpenVINO", "ncnn": "ncnn", "mnn": "MNN"}
 
 
@@ -143,7 +146,8 @@ def run(weights=ROOT / "yolov5s.pt", imgsz=(640, 640), batch_size: int = 1, devi
         calib_images: int = DEFAULT_CALIB_IMAGES, file=None, check_int8: bool = True,
         int8_head_convs: bool = False, int8_reduce_range: bool = False, verify: bool = True) -> list[str]:
     """Export weights to each format in include; returns the written files (next to the weights, e.g.
-    best.pt -> best.onnx, best.torchscript, best_openvino_model/, best_ncnn_model/, best.mnn, best_int8.onnx).
+    best.pt -> best.onnx, best.torchscript, best_openvino_model/, best_ncnn_model/, best.mnn, and with int8
+    best_int8.onnx, best_int8_openvino_model/, best_int8.mnn).
     `file` overrides the output stem. verify: run each export in its runtime on a letterboxed image and on random
     input and fail (ExportError naming the format) where it differs from the PyTorch model by more than
     float32 rounding (utils.export.verify.RTOL)."""
@@ -160,8 +164,13 @@ def run(weights=ROOT / "yolov5s.pt", imgsz=(640, 640), batch_size: int = 1, devi
     if half and int8:
         raise ExportError("--half and --int8 cannot be combined: INT8 is quantised from the float32 graph")
     if int8:
-        if "onnx" not in fmts and "openvino" not in fmts:
-            raise ExportError("--int8 quantises the ONNX or OpenVINO graph: add onnx or openvino to --include")
+        if not set(INT8_FORMATS) & set(fmts):
+            if "ncnn" in fmts:
+                raise ExportError(NCNN_INT8_UNREACHABLE)
+            raise ExportError("--int8 quantises the ONNX, OpenVINO or MNN model: add onnx, openvino or mnn to "
+                              "--include")
+        if "ncnn" in fmts:  # the other formats still get their INT8 model; ncnn is written in float32
+            LOGGER.warning(f"WARNING ⚠️ {NCNN_INT8_UNREACHABLE}; writing the ncnn model in float32")
         if data is None:
             raise ExportError("--int8 needs --data (a dataset yaml) for its calibration images")
         if graph != "decoded":
@@ -252,6 +261,18 @@ def run(weights=ROOT / "yolov5s.pt", imgsz=(640, 640), batch_size: int = 1, devi
         written.append(str(q))
         if check_int8:
             _check_int8(fp32, q, data, imgsz, dynamic)
+    if int8 and "mnn" in fmts:
+        fp32 = stem.with_suffix(".mnn")
+        q = stem.with_name(stem.stem + "_int8.mnn")
+        t = time.time()
+        quantize_mnn_int8(fp32, q, data, imgsz, n_images=calib_images)
+        LOGGER.info(f"{colorstr('MNN INT8:')} export success ✅ {time.time() - t:.1f}s, saved as {q} "
+                    f"({q.stat().st_size / 1e6:.1f} MB)")
+        if inputs is not None:  # the quantiser cannot be checked to float32 rounding; a broken model can
+            check_mnn_int8(fp32, q, inputs["image"], decoded=graph == "decoded")
+        written.append(str(q))
+        if check_int8:
+            _check_int8(fp32, q, data, imgsz, dynamic)
     f = next((x for x in written if x.endswith(".onnx")), written[0] if written else "")
     size = "" if dynamic else f" --imgsz {imgsz[0]}" if imgsz[0] == imgsz[1] else f" --imgsz {imgsz[0]} {imgsz[1]}"
     LOGGER.info(f"\nExport complete ({time.time() - t0:.1f}s)\nResults saved to {colorstr('bold', str(stem.parent))}"
@@ -279,8 +300,8 @@ def parse_opt(argv=None):
                                                            "[image, x1, y1, x2, y2, conf, cls]")
     parser.add_argument("--raw", action="store_true", help="per-level undecoded head outputs (NPU toolchains)")
     parser.add_argument("--agnostic-nms", action="store_true", help="--nms: class-agnostic NMS")
-    parser.add_argument("--int8", action="store_true", help="static INT8: ONNX Runtime (onnx), NNCF (openvino); "
-                        "needs --data")
+    parser.add_argument("--int8", action="store_true", help="static INT8: ONNX Runtime (onnx), NNCF (openvino), "
+                        "MNN's quantiser (mnn); needs --data (ncnn: not available from pip)")
     parser.add_argument("--calib-images", type=int, default=DEFAULT_CALIB_IMAGES, help="INT8 calibration images")
     parser.add_argument("--no-int8-check", action="store_true", help="skip the FP32-vs-INT8 mAP comparison")
     parser.add_argument("--int8-head-convs", action="store_true", help="INT8: quantise the Detect 1x1 convs too "

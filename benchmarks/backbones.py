@@ -3,10 +3,13 @@
     python -m benchmarks --data data/shapes.yaml --imgsz 320 --cfgs 'models/yolov5n*.yaml' --epochs 10
 
 For every model yaml one CSV row: parameters and GFLOPs (the YOLOv5 summary of the model as built, at --imgsz),
-batch-1 CPU latency for the fused PyTorch model, the ONNX Runtime FP32 export and the ONNX Runtime INT8 export
-(median of --runs timed calls after --warmup untimed ones, --threads intra-op threads), peak memory of each
-inference backend (benchmarks.memory), exported file sizes and, when --epochs > 0, mAP50 and mAP50-95 of best.pt
-after training that many epochs from scratch with one recipe and seed for all. The CSV also records the machine
+batch-1 CPU latency for the fused PyTorch model, the ONNX Runtime FP32 and INT8 exports, and the OpenVINO, ncnn
+and MNN (FP32) exports of --runtimes (median of --runs timed calls after --warmup untimed ones, --threads
+threads in every runtime; the exports timed in turns in a child process by benchmarks.bench_runtimes), the fastest
+of them, peak memory of PyTorch and ONNX Runtime (benchmarks.memory), exported file sizes and, when --epochs > 0,
+mAP50 and mAP50-95 of best.pt after training that many epochs from scratch with one recipe and seed for all
+(or, with --accuracy-from CSV, the mAP of that CSV's rows of the same recipe, latency measured anew on untrained
+models: it does not depend on the weights' values). The CSV also records the machine
 (CPU, cores, library versions, load average) so tables from different machines are not mixed up. A stage that
 fails writes 'n/a' in its columns and the reason in the row's 'skipped' column; the run goes on with the next
 stage and model.
@@ -27,17 +30,22 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.cells import METRIC_COLUMNS, NA, Row, Skip, failure_reason, finish_row
+from benchmarks.bench_runtimes import time_runtimes_in_child
+from benchmarks.cells import METRIC_COLUMNS, NA, Row, Skip, failure_reason, fastest_runtime, finish_row
 from benchmarks.machine import load_1min, machine_info
 from benchmarks.memory import finish_peak_memory, measure_peak_memory, start_peak_memory
 from benchmarks.report import add_output_args, format_table, markdown_report, plot_results, write_csv
-from benchmarks.timing import measure_latency_onnx, measure_latency_torch
-from benchmarks.training import train_and_eval
+from benchmarks.timing import measure_latency_torch
+from benchmarks.training import published_accuracy, read_published, train_and_eval
 from utils.general import LOGGER, increment_path
 
 ROOT = Path(__file__).resolve().parents[1]
 STEM = "backbones"  # file stem of the CSV, PNG and markdown (the README links benchmarks/results/backbones.*)
 COMMAND = "python -m benchmarks"
+# timed beside ONNX Runtime, float32; export.py writes and verifies each. Their INT8 is left out: ncnn's is not
+# reachable from pip, MNN 3.6.1 computes its INT8 models wrongly on x86 and OpenVINO's needs nncf (optional).
+RUNTIMES = ("openvino", "ncnn", "mnn")
+
 
 def build_model(cfg: str | Path, nc: int, seed: int = 0):
     """The model as a training run would build it (same nc, same seeded initialisation)."""
@@ -86,6 +94,12 @@ def export_onnx(weights: str | Path, imgsz: int, int8: bool = False, data: str |
     return out
 
 
+def export_runtime(weights: str | Path, imgsz: int, runtime: str) -> Path:
+    """The export.run output for runtime (openvino, ncnn, mnn): float32, verified against PyTorch by export.run."""
+    import export
+    return Path(export.run(weights=str(weights), include=(runtime,), imgsz=(imgsz, imgsz), device="cpu")[0])
+
+
 def benchmark_model(cfg: str | Path, opt: argparse.Namespace, nc: int, workdir: Path, progress=None) -> Row:
     """Every measurement for one model yaml; a failing stage marks its columns and the others still run."""
     cfg = Path(cfg)
@@ -106,14 +120,20 @@ def benchmark_model(cfg: str | Path, opt: argparse.Namespace, nc: int, workdir: 
     row.stage(("params", "gflops"), lambda m=model: model_size(m, opt.imgsz))
 
     weights = None
-    if opt.epochs > 0:
+    row["map_from"] = "none"
+    if opt.accuracy_rows is not None:  # the published mAP of this recipe; speed is measured on untrained weights
+        res = row.stage(("map50", "map50_95", "train_s"), lambda: published_accuracy(
+            opt.accuracy_rows, cfg.stem, row, str(opt.accuracy_from)), keep=True)
+        if res is not None:
+            row.update(res, map_from=str(opt.accuracy_from))
+    elif opt.epochs > 0:
         step(f"train {opt.epochs} epochs")
         res = row.stage(("map50", "map50_95", "train_s"), lambda: train_and_eval(
             cfg, opt.data, opt.epochs, opt.train_imgsz or opt.imgsz, opt.seed, opt.batch_size, opt.hyp, opt.workers,
             workdir / "train", cfg.stem, opt.optimizer, opt.nbs, not opt.retrain,
             reuse_from=sorted(workdir.parent.glob("*/train"))), keep=True)
         if res is not None:
-            row.update(map50=res["map50"], map50_95=res["map50_95"], train_s=res["train_s"])
+            row.update(map50=res["map50"], map50_95=res["map50_95"], train_s=res["train_s"], map_from="this run")
             weights = res["weights"]
     else:
         row.skip(("map50", "map50_95", "train_s"), "--epochs 0 (no training)")
@@ -155,8 +175,9 @@ def benchmark_model(cfg: str | Path, opt: argparse.Namespace, nc: int, workdir: 
                               lambda: export_onnx(weights, opt.imgsz, False), keep=True)
         else:
             row.skip(("ort_fp32_ms", "ort_fp32_mem_mb", "onnx_fp32_mb"), reason)
-    if probe is not None:  # collected before any ONNX timing: the child must not compete for the cores
+    if probe is not None:  # collected before any timing: the child must not compete for the cores
         row.stage(("torch_mem_mb",), lambda: finish_peak_memory(probe))
+    timed = {}  # latency column stem -> exported file, all timed in turns in one child process
     for tag in ("fp32", "int8"):
         cols = (f"ort_{tag}_ms", f"ort_{tag}_mem_mb", f"onnx_{tag}_mb")
         onnx = (files or {}).get(tag)
@@ -167,11 +188,39 @@ def benchmark_model(cfg: str | Path, opt: argparse.Namespace, nc: int, workdir: 
                 row.skip(cols, "export.run returned no such file")
             continue
         row[f"onnx_{tag}_mb"] = onnx.stat().st_size / 2 ** 20
-        step(f"ORT {tag.upper()} latency")
-        row.stage((f"ort_{tag}_ms",), lambda: measure_latency_onnx(onnx, opt.imgsz, opt.threads, opt.runs, opt.warmup))
+        timed[f"ort_{tag}"] = onnx
         step(f"ORT {tag.upper()} memory")
         row.stage((f"ort_{tag}_mem_mb",), lambda: measure_peak_memory("onnx", onnx, opt.imgsz, opt.threads))
+    timed.update(export_runtimes(row, weights, opt, step))
+    step("latency per runtime")
+    if timed:
+        times, failed = time_runtimes_in_child(timed, opt.imgsz, opt.threads, opt.runs, opt.warmup)
+        for k in timed:
+            if k in times:
+                row[f"{k}_ms"] = times[k]
+            else:
+                row.skip((f"{k}_ms",), failed.get(k, "not timed"))
+    best = fastest_runtime(row)
+    if best is None:
+        row.skip(("fastest", "fastest_ms"), "no latency measured")
+    else:
+        row["fastest"], row["fastest_ms"] = best
     return row
+
+
+def export_runtimes(row: Row, weights: Path, opt: argparse.Namespace, step) -> dict[str, Path]:
+    """{'<runtime>_fp32': file} for each runtime in opt.runtimes that exports; the columns of the others get their
+    reason (not requested, package missing, export failed)."""
+    out = {}
+    for rt in RUNTIMES:
+        if rt not in opt.runtimes:
+            row.skip((f"{rt}_fp32_ms",), "not in --runtimes")
+            continue
+        step(f"{rt} export")
+        f = row.stage((f"{rt}_fp32_ms",), lambda rt=rt: export_runtime(weights, opt.imgsz, rt), keep=True)
+        if f is not None:
+            out[f"{rt}_fp32"] = f
+    return out
 
 
 def expand_cfgs(cfgs) -> list[Path]:
@@ -194,21 +243,33 @@ def run(data="data/shapes.yaml", imgsz: int = 320, cfgs=("models/yolov5n*.yaml",
         batch_size: int = 16, hyp: str | None = "hyp.scratch-low.yaml", seed: int = 0, workers: int = 2,
         train_imgsz: int | None = None, optimizer: str = "SGD", nbs: int = 64, retrain: bool = False,
         threads: int = 2, runs: int = 50, warmup: int = 10, no_int8: bool = False, calib_images: int | None = None,
-        out=None, project=ROOT / "runs/benchmark", name: str = "exp", exist_ok: bool = False,
-        command: str | None = None) -> list[dict]:
+        runtimes=RUNTIMES, accuracy_from=None, out=None, project=ROOT / "runs/benchmark", name: str = "exp",
+        exist_ok: bool = False, command: str | None = None) -> list[dict]:
     """Benchmark every model yaml in the run folder project/name (incremented unless exist_ok); writes
-    backbones.csv/.png/.md there, or into `out` when given, and returns the rows."""
+    backbones.csv/.png/.md there, or into `out` when given, and returns the rows. runtimes: which of openvino,
+    ncnn, mnn to export and time beside PyTorch and ONNX Runtime. accuracy_from: a backbones.csv whose mAP columns
+    are reused for the rows of the same recipe instead of training (latency does not depend on the weights)."""
     from tqdm import tqdm
 
     from utils.data.dataloaders import check_dataset
     if epochs < 0:
         raise ValueError(f"--epochs must be >= 0, got {epochs}")
+    unknown = [r for r in runtimes if r not in RUNTIMES]
+    if unknown:
+        raise ValueError(f"--runtimes {' '.join(unknown)}: unknown; choose from {' '.join(RUNTIMES)}")
+    accuracy_rows = None
+    if accuracy_from is not None:
+        if epochs <= 0:
+            raise ValueError("--accuracy-from reuses the mAP of one training recipe: give that recipe's --epochs "
+                             "(and its --train-imgsz, --batch-size, --optimizer, --nbs, --hyp, --seed)")
+        accuracy_rows = read_published(accuracy_from)  # read now: --out may be the same folder
     cfgs = expand_cfgs(cfgs)
     data_dict = check_dataset(data)  # generates the default dataset on first use; a bad yaml stops here
     opt = argparse.Namespace(data=data, imgsz=imgsz, epochs=epochs, batch_size=batch_size, hyp=hyp, seed=seed,
                              train_imgsz=train_imgsz, optimizer=optimizer, nbs=nbs, retrain=retrain,
                              workers=workers, threads=threads, runs=runs, warmup=warmup, no_int8=no_int8,
-                             calib_images=calib_images)
+                             calib_images=calib_images, runtimes=tuple(runtimes), accuracy_from=accuracy_from,
+                             accuracy_rows=accuracy_rows)
     workdir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
     out = Path(out) if out else workdir
     machine = machine_info()
@@ -258,6 +319,10 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs before timing")
     p.add_argument("--no-int8", action="store_true", help="skip the INT8 ONNX export")
     p.add_argument("--calib-images", type=int, default=None, help="INT8 calibration images (default: export.py's)")
+    p.add_argument("--runtimes", nargs="*", default=list(RUNTIMES), help="deployment runtimes to export and time "
+                   "beside PyTorch and ONNX Runtime (default: openvino ncnn mnn; none: no value)")
+    p.add_argument("--accuracy-from", default=None, help="a backbones.csv (e.g. benchmarks/results/backbones.csv): "
+                   "reuse its mAP for rows of the same recipe instead of training; latency measured anew")
     add_output_args(p, "exp", "the CSV, PNG and markdown", "folder for the CSV, PNG and markdown instead of "
                     "project/name (benchmarks/results: the README's published table)")
     return p.parse_args(argv)

@@ -6,11 +6,14 @@ import math
 from utils.general import first_line
 
 NA = "n/a"
-METRIC_COLUMNS = ["model", "params", "gflops", "torch_ms", "ort_fp32_ms", "ort_int8_ms", "torch_mem_mb",
+# latency column -> the runtime it times, as the table's 'fastest' column names it
+LATENCY_TITLES = {"torch_ms": "PyTorch", "ort_fp32_ms": "ORT FP32", "ort_int8_ms": "ORT INT8",
+                  "openvino_fp32_ms": "OpenVINO FP32", "ncnn_fp32_ms": "ncnn FP32", "mnn_fp32_ms": "MNN FP32"}
+METRIC_COLUMNS = ["model", "params", "gflops", *LATENCY_TITLES, "fastest", "fastest_ms", "torch_mem_mb",
                   "ort_fp32_mem_mb", "ort_int8_mem_mb", "onnx_fp32_mb", "onnx_int8_mb", "map50", "map50_95",
                   "train_s"]
 RECIPE_COLUMNS = ["epochs", "imgsz", "train_imgsz", "batch_size", "optimizer", "nbs", "hyp", "seed", "data", "cfg",
-                  "threads", "warmup", "runs"]
+                  "threads", "warmup", "runs", "map_from"]
 MACHINE_COLUMNS = ["cpu", "cpu_isa", "cores", "torch_version", "onnxruntime_version", "python", "os", "date",
                    "load_avg"]
 COLUMNS = METRIC_COLUMNS + RECIPE_COLUMNS + MACHINE_COLUMNS + ["skipped"]
@@ -69,3 +72,13 @@ def finish_row(row: Row, machine: dict) -> dict:
         out.update(dict.fromkeys(missing, NA))
     out["skipped"] = "; ".join(reasons) or "none"
     return out
+
+
+def fastest_runtime(row: dict) -> tuple[str, float] | None:
+    """(runtime title, ms) of the row's lowest latency column, or None when no latency was measured."""
+    t = {c: as_float(row.get(c)) for c in LATENCY_TITLES}
+    t = {c: v for c, v in t.items() if v is not None}
+    if not t:
+        return None
+    c = min(t, key=t.get)
+    return LATENCY_TITLES[c], t[c]

@@ -12,7 +12,9 @@ from benchmarks.machine import load_1min
 TABLE = [  # (column, header, format) of the printed / markdown table
     ("model", "Model", "{}"), ("params", "Params (M)", "{:.2f}"), ("gflops", "GFLOPs", "{:.2f}"),
     ("torch_ms", "PyTorch ms", "{:.1f}"), ("ort_fp32_ms", "ORT FP32 ms", "{:.1f}"),
-    ("ort_int8_ms", "ORT INT8 ms", "{:.1f}"), ("torch_mem_mb", "PyTorch MB", "{:.0f}"),
+    ("ort_int8_ms", "ORT INT8 ms", "{:.1f}"), ("openvino_fp32_ms", "OpenVINO ms", "{:.1f}"),
+    ("ncnn_fp32_ms", "ncnn ms", "{:.1f}"), ("mnn_fp32_ms", "MNN ms", "{:.1f}"), ("fastest", "Fastest", "{}"),
+    ("torch_mem_mb", "PyTorch MB", "{:.0f}"),
     ("ort_fp32_mem_mb", "ORT FP32 MB", "{:.0f}"), ("ort_int8_mem_mb", "ORT INT8 MB", "{:.0f}"),
     ("onnx_fp32_mb", "ONNX MB", "{:.1f}"), ("onnx_int8_mb", "INT8 MB", "{:.1f}"),
     ("map50", "mAP50", "{:.3f}"), ("map50_95", "mAP50-95", "{:.3f}")]
@@ -31,11 +33,15 @@ def pareto_front(x: list[float], y: list[float]) -> list[int]:
     return front
 
 
-LATENCY_PANELS = {"ort_fp32_ms": "ONNX Runtime FP32", "ort_int8_ms": "ONNX Runtime INT8", "torch_ms": "PyTorch fused"}
+LATENCY_PANELS = {"fastest_ms": "each model's fastest runtime", "ort_fp32_ms": "ONNX Runtime FP32",
+                  "ort_int8_ms": "ONNX Runtime INT8", "torch_ms": "PyTorch fused"}
+RUNTIME_COLORS = {"PyTorch": "tab:gray", "ORT FP32": "tab:blue", "ORT INT8": "tab:cyan",
+                  "OpenVINO FP32": "tab:purple", "ncnn FP32": "tab:green", "MNN FP32": "tab:orange"}
 
 
 def latency_columns(rows: list[dict]) -> list[str]:
-    """The chart's panels: every latency column that some row has, ONNX Runtime FP32 (what a device runs) first."""
+    """The chart's panels: every latency column that some row has; each model at its fastest runtime first (the
+    choice a deployment makes), then ONNX Runtime FP32 (what a device runs without tuning)."""
     cols = [c for c in LATENCY_PANELS if any(as_float(r.get(c)) is not None for r in rows)]
     return cols or ["torch_ms"]
 
@@ -74,7 +80,14 @@ def make_chart(rows: list[dict], title: str = ""):
         pts = [p for p in pts if p[0] is not None and p[1] is not None]
         if pts:
             x, y, _ = zip(*pts)
-            ax.scatter(x, y, s=36, zorder=3, color="tab:blue")
+            if xcol == "fastest_ms":  # one colour per runtime: which runtime made each model fastest
+                by = {str(r.get("model")): str(r.get("fastest")) for r in rows}
+                for rt in sorted({by[p[2]] for p in pts}):
+                    sel = [p for p in pts if by[p[2]] == rt]
+                    ax.scatter([p[0] for p in sel], [p[1] for p in sel], s=36, zorder=3, label=rt,
+                               color=RUNTIME_COLORS.get(rt, "tab:red"))
+            else:
+                ax.scatter(x, y, s=36, zorder=3, color="tab:blue")
             ax.margins(x=0.15, y=0.12)  # room for the labels of the outermost points
             label_points(ax, pts)
             if has_map:
@@ -84,6 +97,8 @@ def make_chart(rows: list[dict], title: str = ""):
                 ax.legend(loc="lower right", fontsize=8)
         else:
             ax.text(0.5, 0.5, "no model has both values", ha="center", va="center", transform=ax.transAxes)
+        if xcol == "fastest_ms" and pts and not has_map:  # with mAP the front's legend lists the runtimes too
+            ax.legend(loc="lower right", fontsize=8)
         ax.set_xlabel(f"CPU latency, batch 1, {LATENCY_PANELS[xcol]} (ms, median)")
         ax.set_title(LATENCY_PANELS[xcol], fontsize=10)
         ax.grid(alpha=0.3)
@@ -160,15 +175,24 @@ def markdown_report(rows, table: str, machine: dict, command: str | None, png: s
               f"at {train_imgsz}px), batch {opt.batch_size}, {opt.optimizer} (nominal batch {opt.nbs}), hyp "
               f"{opt.hyp or 'train.py default'}, seed {opt.seed}" if opt.epochs
               else "no training (--epochs 0): mAP not measured")
+    source = getattr(opt, "accuracy_from", None)
+    if source and opt.epochs:
+        recipe = (f"mAP50 and mAP50-95 (and train_s) reused from {source}, the rows of this recipe ({recipe}); "
+                  f"latency, memory and sizes measured anew on untrained, fused models of the same yaml and nc "
+                  f"(speed does not depend on the weights' values)")
     loads = [x for x in (load_1min(r) for r in rows) if x is not None]
     load = f" 1-minute load average after each model: {min(loads):.1f}-{max(loads):.1f}." if loads else ""
     return "\n".join([
         f"Machine: {machine['cpu']} ({machine['cpu_isa']}), {machine['cores']} cores, {opt.threads} threads; torch "
         f"{machine['torch_version']}, onnxruntime {machine['onnxruntime_version']}, Python {machine['python']}, "
         f"{machine['os']}; {machine['date'][:10]}.{load}",
-        f"Data {Path(str(opt.data)).name}, {opt.imgsz}px; {recipe}. Latency: batch 1, median of {opt.runs} runs "
-        f"after {opt.warmup} warm-up runs. Memory: peak RSS over a fresh process's baseline while loading and "
-        f"running the model. Params/GFLOPs: the model as built (before fusing).",
+        f"Data {Path(str(opt.data)).name}, {opt.imgsz}px; {recipe}. Latency: batch 1, {opt.threads} threads in "
+        f"every runtime, median of {opt.runs} runs after {opt.warmup} warm-up runs; PyTorch (fused, channels_last) "
+        f"in the benchmark's process, the exports (ONNX Runtime, OpenVINO, ncnn, MNN) in one child process per "
+        f"model, in turns of 10 runs (benchmarks.bench_runtimes). Fastest: the lowest latency column; an INT8 "
+        f"model's mAP is a little below the FP32 columns' (export.py --int8 reports it). Memory: peak RSS over a "
+        f"fresh process's baseline while loading and running the model. Params/GFLOPs: the model as built (before "
+        f"fusing).",
         "", table, "", f"![latency vs accuracy]({png})", "",
         "Produced by:", "", "```bash", command or "python -m benchmarks", "```", ""])
 

@@ -119,3 +119,42 @@ def train_and_eval(cfg: str | Path, data: str | Path, epochs: int, imgsz: int, s
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, save_dir / RECORD)  # atomic: a record only ever describes a finished run
     return {"weights": weights, "map50": map50, "map50_95": map50_95, "train_s": seconds, "reused": False}
+
+
+# What decides a published row's mAP besides the yaml (the CSV's columns): a row is reused only when all of them agree
+ACCURACY_RECIPE = ("epochs", "train_imgsz", "batch_size", "optimizer", "nbs", "hyp", "seed", "data")
+MAX_CSV_BYTES = 16 << 20  # a backbones.csv is a few kB; anything far larger is not one
+
+
+def read_published(csv_file: str | Path) -> list[dict]:
+    """The rows of a backbones.csv written by an earlier run (e.g. benchmarks/results/backbones.csv)."""
+    f = Path(csv_file)
+    if not f.is_file():
+        raise FileNotFoundError(f"--accuracy-from {f}: no such file")
+    if f.stat().st_size > MAX_CSV_BYTES:
+        raise ValueError(f"--accuracy-from {f}: {f.stat().st_size} bytes, not a backbones.csv")
+    with open(f, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"model", "map50", "map50_95", *ACCURACY_RECIPE} <= set(rows[0]):
+        raise ValueError(f"--accuracy-from {f}: not a backbones.csv (needs model, map50, map50_95 and the recipe "
+                         f"columns {', '.join(ACCURACY_RECIPE)})")
+    return rows
+
+
+def published_accuracy(rows: list[dict], model: str, recipe: dict, source: str = "the CSV") -> dict:
+    """{'map50', 'map50_95', 'train_s'} of the published row of `model` trained with `recipe` (ACCURACY_RECIPE
+    keys, compared as the CSV writes them); a Skip saying which recipe value differs when there is none."""
+    same = [r for r in rows if r.get("model") == model]
+    if not same:
+        raise Skip(f"no {model} row in {source}")
+    diffs = []
+    for r in same:
+        diff = [f"{k} {r.get(k)} there, {recipe.get(k)} here" for k in ACCURACY_RECIPE
+                if str(r.get(k)) != str(recipe.get(k))]
+        if not diff and as_float(r.get("map50_95")) is not None and as_float(r.get("map50")) is not None:
+            out = {"map50": as_float(r["map50"]), "map50_95": as_float(r["map50_95"])}
+            if as_float(r.get("train_s")) is not None:
+                out["train_s"] = as_float(r["train_s"])  # the training time of the run that scored it
+            return out
+        diffs.append(", ".join(diff) or "no mAP in that row")
+    raise Skip(f"{source}'s {model} row is of another recipe ({diffs[0]})")

@@ -3,6 +3,7 @@ it is built from, and where the benches write."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -75,7 +76,7 @@ def bench_run(tmp_path_factory):
     out = tmp / "results"
     backbones.run(data=str(data), imgsz=64, cfgs=[str(c) for c in cfgs], epochs=1, batch_size=4, seed=0,
                   workers=0, threads=1, runs=3, warmup=1, calib_images=4, out=out, name="bench",
-                  project=tmp / "runs", command="python bench")
+                  project=tmp / "runs", command="python bench", runtimes=())  # OpenVINO/ncnn/MNN: tested below
     with open(out / "backbones.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     return rows, out, cfgs, data
@@ -122,7 +123,7 @@ def test_rerun_reuses_finished_training_and_remeasures_speed(bench_run, monkeypa
     monkeypatch.setattr(train, "run", no_training)
     # no --out: the results go to a new run folder (bench2), the training is found in bench_run's folder (bench)
     again = backbones.run(data=str(data), imgsz=64, cfgs=[str(cfgs[0])], epochs=1, batch_size=4, seed=0, workers=0,
-                          threads=1, runs=2, warmup=0, no_int8=True, name="bench", project=project)
+                          threads=1, runs=2, warmup=0, no_int8=True, name="bench", project=project, runtimes=())
     assert (project / "bench2" / "backbones.csv").is_file() and not (project / "bench" / "backbones.csv").exists()
     assert (again[0]["map50"], again[0]["map50_95"]) == pytest.approx((float(rows[0]["map50"]),
                                                                        float(rows[0]["map50_95"])))
@@ -130,8 +131,70 @@ def test_rerun_reuses_finished_training_and_remeasures_speed(bench_run, monkeypa
     # another recipe (here the training size) is not the same run: it must train, which the stub refuses
     other = backbones.run(data=str(data), imgsz=64, train_imgsz=32, cfgs=[str(cfgs[0])], epochs=1, batch_size=4,
                           workers=0, threads=1, runs=2, warmup=0, no_int8=True, out=tmp_path, name="bench",
-                          project=project)
+                          project=project, runtimes=())
     assert other[0]["map50"] == cells.NA and "trained again" in other[0]["skipped"]
+
+
+def test_runtime_columns_fastest_and_accuracy_from_a_published_csv(bench_run, monkeypatch, tmp_path):
+    rows, out, cfgs, data = bench_run
+    import train
+
+    def no_training(**kw):
+        raise AssertionError("trained although --accuracy-from has a row of this recipe")
+
+    monkeypatch.setattr(train, "run", no_training)
+    avail = [rt for rt, pkgs in (("openvino", ("openvino",)), ("ncnn", ("ncnn", "pnnx")), ("mnn", ("MNN",)))
+             if all(importlib.util.find_spec(p) for p in pkgs)]
+    published = out / "backbones.csv"
+    got = backbones.run(data=str(data), imgsz=64, cfgs=[str(cfgs[0])], epochs=1, batch_size=4, seed=0, workers=0,
+                        threads=1, runs=1, warmup=0, calib_images=4, runtimes=avail, accuracy_from=published,
+                        out=tmp_path, project=tmp_path / "runs")[0]
+    assert (got["map50"], got["map50_95"]) == pytest.approx((float(rows[0]["map50"]), float(rows[0]["map50_95"])))
+    assert got["map_from"] == str(published) and not (tmp_path / "runs" / "exp" / "train").exists()
+    timed = ["torch_ms", "ort_fp32_ms", "ort_int8_ms"] + [f"{rt}_fp32_ms" for rt in avail]
+    for col in timed:
+        assert float(got[col]) > 0, (col, got["skipped"])
+    for col in set(cells.LATENCY_TITLES) - set(timed):  # not requested here: n/a with the reason
+        assert got[col] == cells.NA and f"{col}" in got["skipped"]
+    lat = {c: float(got[c]) for c in timed}
+    assert got["fastest_ms"] == min(lat.values()) and got["fastest"] == cells.LATENCY_TITLES[min(lat, key=lat.get)]
+    md = (tmp_path / "backbones.md").read_text()
+    assert f"reused from {published}" in md and "1 threads in every runtime" in md and "| Fastest |" in md
+    if len(avail) < 3:
+        pytest.skip(f"timed {', '.join(avail) or 'no extra runtime'}; pip install openvino ncnn pnnx MNN for all")
+
+
+def test_accuracy_from_takes_only_rows_of_the_same_recipe(tmp_path):
+    recipe = dict(epochs=10, train_imgsz=192, batch_size=16, optimizer="Adam", nbs=16, hyp="hyp.scratch-adam.yaml",
+                  seed=0, data="shapes.yaml")
+    rows = [{"model": "m", "map50": "0.5", "map50_95": "0.3", "train_s": "12.5", **{k: str(v) for k, v in
+                                                                                     recipe.items()}}]
+    assert training.published_accuracy(rows, "m", recipe) == {"map50": 0.5, "map50_95": 0.3, "train_s": 12.5}
+    with pytest.raises(cells.Skip, match=r"row is of another recipe \(seed 0 there, 1 here\)"):
+        training.published_accuracy(rows, "m", {**recipe, "seed": 1})
+    with pytest.raises(cells.Skip, match="no other_model row"):
+        training.published_accuracy(rows, "other_model", recipe)
+    f = tmp_path / "x.csv"
+    f.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="not a backbones.csv"):
+        training.read_published(f)
+    with pytest.raises(ValueError, match="--accuracy-from reuses the mAP of one training recipe"):
+        backbones.run(cfgs=["models/yolov5n.yaml"], epochs=0, accuracy_from=f, project=tmp_path)
+    with pytest.raises(ValueError, match="--runtimes tflite: unknown"):
+        backbones.run(cfgs=["models/yolov5n.yaml"], runtimes=("tflite",), project=tmp_path)
+
+
+def test_runtime_timing_child_names_the_runtime_that_crashed(tmp_path, monkeypatch):
+    from benchmarks import bench_runtimes
+    fake = tmp_path / "python"  # a child that starts loading the ncnn model and dies of a segfault, every time
+    fake.write_text("#!/bin/sh\necho 'start ort_fp32'\necho 'ok ort_fp32'\necho 'start ncnn_fp32'\nkill -SEGV $$\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    times, failed = bench_runtimes.time_runtimes_in_child({"ort_fp32": "a.onnx", "ncnn_fp32": "b_ncnn_model"},
+                                                          64, 1, 1, 0)
+    # ncnn is dropped and the rest retried; the retry crashes too, now in no model of its own: nothing is timed
+    assert times == {} and failed == {"ncnn_fp32": "the runtime crashed (SIGSEGV) running the model",
+                                      "ort_fp32": "timing process crashed (SIGSEGV)"}
 
 
 def test_recipe_ignores_yaml_comments_but_not_rows(tmp_path):
@@ -198,6 +261,19 @@ def test_chart_one_panel_per_backend_with_its_front_and_gflops_fallback():
     assert _front(ort_ax) is None and _front(torch_ax) is None  # no mAP: no front
     assert sorted(tuple(p) for p in ort_ax.collections[0].get_offsets()) == [(10, 1.0), (15, 3.0)]
     assert sorted(tuple(p) for p in torch_ax.collections[0].get_offsets()) == [(8, 2.0), (9, 1.0), (14, 3.0)]
+
+
+def test_chart_marks_each_models_fastest_runtime():
+    rows = [{"model": m, "fastest_ms": f, "fastest": rt, "ort_fp32_ms": o, "map50_95": a}
+            for m, f, rt, o, a in (("a", 3, "ORT INT8", 5, 0.30), ("b", 4, "ncnn FP32", 4, 0.35),
+                                   ("c", 2, "ORT INT8", 6, 0.20))]
+    fast_ax, ort_ax = report.make_chart(rows).axes  # the fastest-runtime panel comes first
+    assert "fastest runtime" in fast_ax.get_xlabel() and "ONNX Runtime FP32" in ort_ax.get_xlabel()
+    assert _front(fast_ax) == ([2, 3, 4], [0.20, 0.30, 0.35])  # the front over each model's fastest latency
+    legend = [t.get_text() for t in fast_ax.get_legend().get_texts()]
+    assert {"ORT INT8", "ncnn FP32"} <= set(legend)
+    by_rt = {c.get_label(): sorted(tuple(p) for p in c.get_offsets()) for c in fast_ax.collections}
+    assert by_rt == {"ORT INT8": [(2, 0.20), (3, 0.30)], "ncnn FP32": [(4, 0.35)]}
 
 
 def test_chart_labels_of_coinciding_models_do_not_overlap():

@@ -257,3 +257,47 @@ def test_openvino_int8_quantises_backbone_and_keeps_head_float(checkpoint, tmp_p
     y8, y32 = r8(x)[0], r32(x)[0]
     assert y8.shape == y32.shape and np.abs(y8 - y32).max() > 0  # quantised: close, not equal
     assert np.abs(y8[..., 4:] - y32[..., 4:]).max() < 0.5
+
+
+# ---------------------------------------------------------------------------------------------- MNN INT8, ncnn INT8
+@pytest.mark.skipif("mnn" in MISSING, reason="MNN not installed: pip install MNN")
+def test_mnn_int8_is_quantised_checked_and_keeps_the_metadata(checkpoint, tmp_path, log_lines):
+    from tests.test_export import _write_dataset
+    from utils.export.int8_mnn import SCORE_TOLERANCE
+    from utils.runtimes import read_metadata
+    model = load_model(checkpoint, torch.device("cpu"))
+    data = _write_dataset(tmp_path / "data", model)
+    files = export.run(weights=checkpoint, imgsz=(S, S), include=("mnn",), int8=True, data=data, calib_images=4,
+                       file=tmp_path / "q", check_int8=False)
+    assert [Path(f).name for f in files] == ["q.mnn", "q_int8.mnn"]
+    fp32, q = Path(files[0]), Path(files[1])
+    assert q.stat().st_size < 0.5 * fp32.stat().st_size  # int8 weights: about a quarter of the float32 file
+    meta = read_metadata(q.with_name(q.name + ".yaml"))
+    assert meta["int8"] is True and meta["calib_images"] == 4 and meta["names"] == {0: "a", 1: "b", 2: "c"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "q.mnn", "q.mnn.yaml", "q_int8.mnn",
+                                                          "q_int8.mnn.yaml"]  # no calibration folder or scale dump
+    x = {"image": reference_inputs((S, S))["image"]}
+    y32, y8 = (r["image"][0] for r in run_in_child([("mnn", fp32), ("mnn", q)], x, threads=1))
+    assert y8.shape == y32.shape and np.abs(y8 - y32).max() > 0  # quantised: not the float32 model
+    # the export checked the INT8 model on the same image: it warns exactly when the scores are off (MNN 3.6.1's
+    # x86 INT8 kernels: they are, on the CPU this was written on; on a CPU where MNN computes INT8 right, not)
+    off = np.abs(y8[..., 4:] - y32[..., 4:]).max() > SCORE_TOLERANCE
+    assert ("scores differ from the FP32 model's" in log_lines.text) == off, log_lines.text[-1500:]
+    if not off:
+        assert "max score change vs FP32 on the reference image" in log_lines.text
+
+
+def test_ncnn_int8_says_what_is_missing(checkpoint, log_lines):
+    why = r"ncnn INT8 is not available from pip: it needs ncnn's ncnn2table .* and ncnn2int8"
+    with pytest.raises(export.ExportError, match=why):
+        export.run(weights=checkpoint, imgsz=(S, S), include=("ncnn",), int8=True, data="unused.yaml")
+    assert export.main(export.parse_opt(["--weights", str(checkpoint), "--include", "ncnn", "--int8",
+                                         "--data", "unused.yaml"])) == 1
+    errors = [ln for ln in log_lines.text.splitlines() if ln.startswith("ERROR")]
+    assert len(errors) == 1 and "ncnn2int8" in errors[0] and "Traceback" not in log_lines.text
+
+
+def test_too_old_opset_is_a_one_line_error(checkpoint):
+    for fmt in ["onnx"] + (["mnn"] if "mnn" not in MISSING else []):  # mnn converts from a temporary ONNX
+        with pytest.raises(export.ExportError, match=r"^--opset 9 is too old; use 11 or newer"):
+            export.run(weights=checkpoint, imgsz=(S, S), include=(fmt,), opset=9, verify=False)
