@@ -194,3 +194,21 @@ def test_per_class_split_falls_back_when_the_class_shift_cannot_separate_boxes()
     new, old = non_max_suppression(p, **kw), _nms_before(p, **kw)
     assert not ((old[0][:, 5] == 1) & (old[0][:, 0] == -50)).any()  # the cross-class suppression happened
     _assert_same(new, old)
+
+
+def test_batched_rounds_pack_classes_and_revisit_only_short_images(monkeypatch):
+    """The batch-wide windows (packs of consecutive classes per image, one torchvision call each) give the oracle's
+    boxes; images whose first window leaves them short of max_det get further rounds, the others do not."""
+    import utils.inference.nms as nms
+    rounds = []
+    real = nms._packed_nms
+    monkeypatch.setattr(nms, "_packed_nms", lambda cand, bi, *a: rounds.append(bi[cand].unique().tolist())
+                        or real(cand, bi, *a))
+    p = crowded(bs=4, n=2500, nc=20, seed=6, dtype=torch.float64)
+    p[2, :, 4] *= (torch.arange(2500, dtype=torch.float64) % 50 == 0)  # image 2: few candidates, one window
+    for kw in (dict(conf_thres=0.001, iou_thres=0.6, multi_label=True, max_det=300),
+               dict(conf_thres=0.001, iou_thres=0.05, multi_label=False, max_det=150)):
+        rounds.clear()
+        _assert_same(nms.non_max_suppression(p, **kw), _nms_before(p, **kw))
+        assert rounds[0] == [0, 1, 2, 3]
+    assert len(rounds) > 1 and all(2 not in r for r in rounds[1:])  # later rounds: only the short images

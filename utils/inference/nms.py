@@ -167,14 +167,146 @@ def non_max_suppression(prediction, conf_thres: float = 0.25, iou_thres: float =
     # every box within a band narrower than MAX_WH (1 px margin for the float rounding of the shift)
     lo, hi = xyxy.min(), xyxy.max()
     groups = None if agnostic or not bool(hi - lo < MAX_WH - 1) else cls.long()
-    bounds = torch.cumsum(torch.bincount(bi, minlength=bs), 0).tolist()
-    start = 0
-    for xi, end in enumerate(bounds):
-        if end > start:
-            seg = slice(start, end)
-            keep = greedy_nms_topk(_Shifted(xyxy, row[seg], offset[seg]), score[seg], iou_thres, max_det, max_nms,
-                                   groups=None if groups is None else groups[seg])
-            r = row[seg][keep]
-            out[xi] = torch.cat((xyxy[r], score[seg][keep, None], cls[seg][keep, None], mask[r]), 1)
-        start = end
+    boxes = _Shifted(xyxy, row, offset)
+    if bs == 1 or (groups is None and not agnostic):
+        # one image (detect.py), or classes the shift cannot separate (one call per window on shifted boxes): the
+        # per-image path, whose few tensor ops beat the batch-wide ones' fixed cost for a single image
+        keep_per_image = _per_image_nms(bi, boxes, score, groups, bs, iou_thres, max_det, max_nms)
+    else:
+        keep_per_image = _batched_window_nms(bi, boxes, score, groups, bs, iou_thres, max_det, max_nms)
+    kept = torch.cat(keep_per_image)
+    r = row[kept]
+    dets = torch.cat((xyxy[r], score[kept, None], cls[kept, None], mask[r]), 1)
+    return list(dets.split([len(k) for k in keep_per_image]))
+
+
+def _per_image_nms(bi, boxes, score, groups, bs, iou_thres, max_det, max_nms, images=None) -> list[torch.Tensor]:
+    """greedy_nms_topk on each image's detections (or only on `images`); indices into the detection vectors."""
+    bounds = [0] + torch.cumsum(torch.bincount(bi, minlength=bs), 0).tolist()
+    out = []
+    for xi in range(bs) if images is None else images:
+        start, end = bounds[xi], bounds[xi + 1]
+        if end == start:
+            out.append(torch.zeros(0, dtype=torch.long, device=score.device))
+            continue
+        seg = torch.arange(start, end, device=score.device)
+        keep = greedy_nms_topk(_Subset(boxes, seg), score[seg], iou_thres, max_det, max_nms,
+                               groups=None if groups is None else groups[seg])
+        out.append(seg[keep])
     return out
+
+
+class _Subset:
+    """boxes[seg][idx] without materialising boxes[seg]."""
+
+    def __init__(self, boxes, seg: torch.Tensor):
+        self.boxes, self.seg = boxes, seg
+
+    def __len__(self) -> int:
+        return len(self.seg)
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        return self.boxes[self.seg[idx]]
+
+
+GROWTH = (0.25, 1.0)  # each later window adds between these multiples of the current one (see _window_growth)
+
+
+def _window_growth(k, n_new, gained, missing):
+    """How many more candidates the next window takes: as many as the last window's survival rate predicts for
+    the missing survivors, but no more than the window so far (torchvision's cost grows with the square of a call,
+    and lower-scored candidates survive more often, so a prediction overshoots) and no less than half of it."""
+    rate = gained.double().clamp(min=1) / n_new.double().clamp(min=1)
+    want = (missing.double().clamp(min=1) / rate).ceil().long()
+    return torch.minimum(torch.maximum(want, (k * GROWTH[0]).long()), (k * GROWTH[1]).long()).clamp(min=1)
+
+
+PACK = 64  # consecutive classes of one image share a torchvision call while it holds at most this many boxes
+
+
+def _visiting_order(idx: torch.Tensor, bi: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """Ascending detection indices -> sorted by image, then by score descending with ties in candidate (index)
+    order: each image's visiting order, the order greedy NMS takes its candidates in."""
+    idx = idx[score[idx].sort(descending=True, stable=True)[1]]
+    return idx[bi[idx].sort(stable=True)[1]]
+
+
+def _segment_ranks(bi_sorted: torch.Tensor, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-image counts, rank of each element within its image) for image indices in nondecreasing order."""
+    counts = torch.bincount(bi_sorted, minlength=bs)
+    return counts, torch.arange(len(bi_sorted), device=bi_sorted.device) - (torch.cumsum(counts, 0) - counts)[bi_sorted]
+
+
+def _packed_nms(cand: torch.Tensor, bi, boxes, groups, n_groups: int, iou_thres: float) -> torch.Tensor:
+    """Mask over cand (given in visiting order) of the survivors of greedy NMS per (image, class):
+    one torchvision call per pack of consecutive classes of one image (shifted boxes, so classes sharing a call
+    cannot suppress each other and every IoU is the one a per-image call computes)."""
+    dev = cand.device
+    key = bi[cand] if groups is None else bi[cand] * n_groups + groups[cand]
+    key, by_key = key.sort(stable=True)  # (image, class) segments, visiting order kept inside each
+    wb = boxes[cand[by_key]]
+    ranks = torch.arange(len(cand), 0, -1, device=dev, dtype=wb.dtype)  # decreasing: torchvision keeps the order
+    seg_keys, seg_counts = torch.unique_consecutive(key, return_counts=True)
+    keep, start, pack_start, pack_img = [], 0, 0, -1
+    for img, c in zip((seg_keys // n_groups).tolist() + [-1], seg_counts.tolist() + [0]):  # sentinel: last flush
+        if img != pack_img or start - pack_start + c > PACK:  # a pack holds small segments only
+            if start - pack_start > 1:
+                keep.append(torchvision.ops.nms(wb[pack_start:start], ranks[pack_start:start], iou_thres)
+                            + pack_start)
+            elif start - pack_start == 1:
+                keep.append(torch.tensor([pack_start], device=dev))
+            pack_start, pack_img = start, img
+        start += c
+    survives = torch.zeros(len(cand), dtype=torch.bool, device=dev)
+    if keep:
+        survives[by_key[torch.cat(keep)]] = True
+    return survives
+
+
+def _batched_window_nms(bi, boxes, score, groups, bs, iou_thres, max_det, max_nms) -> list[torch.Tensor]:
+    """greedy_nms_topk for every image at once: the same windows (each image's k best candidates plus all ties
+    with the k-th, a prefix of its visiting order; grown by the survivor rate until max_det survive or max_nms
+    candidates are in), each round one batch-wide pass of tensor ops whatever the batch size, with the torchvision
+    calls per (image, class) pack (_packed_nms). A later round sees only the images still short of max_det, their
+    survivors so far and their next candidates: a suppressed box never suppresses anything later. bi must be
+    nondecreasing (candidates come grouped by image)."""
+    dev = score.device
+    counts, pos = _segment_ranks(bi, bs)
+    cap = torch.clamp(counts, max=max_nms)
+    n_groups = 1 if groups is None else int(groups.max()) + 1
+    k = torch.full((bs,), max(WINDOW * max_det, 1), dtype=torch.long, device=dev)
+    upper = torch.full((bs,), float("inf"), dtype=score.dtype, device=dev)
+    done = torch.zeros(bs, dtype=torch.long, device=dev)
+    active = counts > 0
+    kept, finished, padded = bi[:0], [], None
+    n_before = torch.zeros(bs, dtype=torch.long, device=dev)
+    while bool(active.any()):
+        lower = torch.full((bs,), -float("inf"), dtype=score.dtype, device=dev)
+        ranked = active & (k < cap)  # images whose window ends inside their candidates: find its k-th score
+        if bool(ranked.any()):
+            if padded is None:
+                padded = torch.full((bs, int(counts.max())), -float("inf"), dtype=score.dtype, device=dev)
+                padded[bi, pos] = score
+            top = padded[ranked].topk(int(k[ranked].max().clamp(max=padded.shape[1])), dim=1).values
+            lower[ranked] = top.gather(1, (k[ranked] - 1).clamp(max=top.shape[1] - 1)[:, None])[:, 0]
+        new = (active[bi] & (score >= lower[bi]) & (score < upper[bi])).nonzero(as_tuple=True)[0]
+        new = _visiting_order(new, bi, score)
+        n_new, rank = _segment_ranks(bi[new], bs)
+        new = new[rank < (cap - done)[bi[new]]]  # past max_nms: cut in visiting order, ties included
+        n_new = torch.minimum(n_new, cap - done)
+        survivors = torch.cat((kept, new))  # per image its survivors so far, then its new candidates: stable by image
+        survivors = survivors[bi[survivors].sort(stable=True)[1]]
+        survivors = survivors[_packed_nms(survivors, bi, boxes, groups, n_groups, iou_thres)]
+        n_surv = torch.bincount(bi[survivors], minlength=bs)
+        done = done + n_new
+        stop = active & ((n_surv >= max_det) | (done >= cap))
+        finished.append(survivors[stop[bi[survivors]]])
+        active = active & ~stop
+        kept = survivors[active[bi[survivors]]]
+        upper = torch.where(ranked, lower, upper)
+        k = k + _window_growth(k, n_new, n_surv - n_before, max_det - n_surv)
+        n_before = n_surv
+    out = torch.cat(finished)  # each round's images in visiting order; rounds hold disjoint images
+    out = out[bi[out].sort(stable=True)[1]]
+    n_out, rank = _segment_ranks(bi[out], bs)
+    return list(out[rank < max_det].split(torch.clamp(n_out, max=max_det).tolist()))
