@@ -31,6 +31,7 @@ from models.common import (
 )
 from models.registry import YamlError
 from models.yolo import ROOT, Model
+from tests.batchnorm import randomize_bn
 from utils.torch_utils import model_flops
 from utils.training.transfer import transfer_mobilenet_v2
 
@@ -46,21 +47,6 @@ def n_params(m: nn.Module) -> int:
 def conv_bn(c1: int, c2: int, k: int = 1, g: int = 1) -> int:
     """Parameters of a bias-free conv followed by BatchNorm."""
     return c1 // g * c2 * k * k + 2 * c2
-
-
-def randomize_bn(module: nn.Module, seed: int = 0, eps: float | None = None) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                if eps is not None:
-                    m.eps = eps
-    return module
 
 
 def copy_by_order(src: nn.Module, dst: nn.Module) -> None:

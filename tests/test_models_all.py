@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from models.blocks.repvgg import RepVGGBlock
 from models.yolo import ROOT, Model
+from tests.batchnorm import randomize_bn
 from utils.torch_utils import model_info
 
 YAMLS = sorted(p.name for p in (ROOT / "models").glob("*.yaml"))
@@ -26,19 +27,6 @@ def built(cfg: str) -> Model:
 
 def n_predictions(h: int, w: int, na: int = 3) -> int:
     return na * sum((h // s) * (w // s) for s in (8, 16, 32))
-
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> None:
-    """Non-trivial BatchNorm statistics, so folding them into convs is actually exercised."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
 
 
 def test_every_family_is_present():

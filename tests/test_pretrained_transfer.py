@@ -18,6 +18,7 @@ import torchvision
 
 import train
 from models.yolo import Model
+from tests.batchnorm import randomize_bn
 from utils.checkpoint import make_checkpoint, save_checkpoint
 from utils.training import load_hyp
 from utils.training.callbacks import Callbacks
@@ -242,20 +243,6 @@ def test_published_table_names_yamls_that_fit():
     assert torchvision_files("mobilenet_v2") == ["mobilenet_v2-b0353104.pth", "mobilenet_v2-7ebf99e0.pth"]
 
 
-def randomize_bn(model: nn.Module, seed: int) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-                m.eps = 1e-3  # the yaml model's BatchNorm eps (YOLOv5's): the same arithmetic on both sides
-    return model
-
-
 def test_files_without_num_batches_tracked_still_fit():
     """Pre-0.4.1 BatchNorms have no num_batches_tracked: shapes decide the fit, the counter keeps its value."""
     model = Model("yolov5n_ShuffleNetV2_x0_5.yaml", verbose=False)
@@ -280,7 +267,7 @@ def test_wrapped_files_and_odd_counters():
 
 def test_mapped_shufflenet_computes_what_torchvision_computes():
     """Placement checked by function too: the yaml backbone's P3/P4/P5 equal torchvision's stage2/3/4 outputs."""
-    tv = randomize_bn(torchvision.models.shufflenet_v2_x0_5(weights=None), seed=1).eval()
+    tv = randomize_bn(torchvision.models.shufflenet_v2_x0_5(weights=None), seed=1, eps=1e-3).eval()
     model = Model("yolov5n_ShuffleNetV2_x0_5.yaml", verbose=False).eval()
     assert transfer_backbone(model, tv.state_dict()).matched == 330
     x = torch.rand(1, 3, 64, 64)
