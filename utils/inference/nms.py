@@ -1,5 +1,6 @@
 """Non-maximum suppression over decoded YOLO predictions: candidates gathered for the whole batch at once, then
-greedy NMS per image on a growing window of the top-scoring candidates only.
+greedy NMS on a growing window of each image's top-scoring candidates only, in batch-wide rounds (one image, as in
+detect.py, takes the per-image loop).
 
 Why the window is exact: greedy NMS visits candidates in score order and a candidate's fate depends only on the
 survivors before it, so the first `max_det` survivors of any prefix of that order are the first `max_det`
@@ -180,11 +181,11 @@ def non_max_suppression(prediction, conf_thres: float = 0.25, iou_thres: float =
     return list(dets.split([len(k) for k in keep_per_image]))
 
 
-def _per_image_nms(bi, boxes, score, groups, bs, iou_thres, max_det, max_nms, images=None) -> list[torch.Tensor]:
-    """greedy_nms_topk on each image's detections (or only on `images`); indices into the detection vectors."""
+def _per_image_nms(bi, boxes, score, groups, bs, iou_thres, max_det, max_nms) -> list[torch.Tensor]:
+    """greedy_nms_topk on each image's detections; indices into the detection vectors."""
     bounds = [0] + torch.cumsum(torch.bincount(bi, minlength=bs), 0).tolist()
     out = []
-    for xi in range(bs) if images is None else images:
+    for xi in range(bs):
         start, end = bounds[xi], bounds[xi + 1]
         if end == start:
             out.append(torch.zeros(0, dtype=torch.long, device=score.device))
