@@ -105,6 +105,18 @@ def _grouped_nms(boxes: torch.Tensor, groups: torch.Tensor | None, iou_thres: fl
     return torch.cat(keep).sort()[0]  # back to visiting order
 
 
+GROWTH = (0.25, 1.0)  # each later window adds between these multiples of the current one (see _window_growth)
+
+
+def _window_growth(k, n_new, gained, missing):
+    """How many more candidates the next window takes: as many as the last window's survival rate predicts for
+    the missing survivors, but no more than the window so far (torchvision's cost grows with the square of a call,
+    and lower-scored candidates survive more often, so a prediction overshoots) and no less than half of it."""
+    rate = gained.double().clamp(min=1) / n_new.double().clamp(min=1)
+    want = (missing.double().clamp(min=1) / rate).ceil().long()
+    return torch.minimum(torch.maximum(want, (k * GROWTH[0]).long()), (k * GROWTH[1]).long()).clamp(min=1)
+
+
 def greedy_nms_topk(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float, max_det: int,
                     max_nms: int = 30000, window: int | None = None,
                     groups: torch.Tensor | None = None) -> torch.Tensor:
@@ -121,7 +133,7 @@ def greedy_nms_topk(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float,
         return order[_grouped_nms(boxes[order], g, iou_thres)[:max_det]]
     kept = torch.zeros(0, dtype=torch.long, device=scores.device)
     upper = None  # scores >= upper are already processed
-    done = 0
+    done = before = 0  # candidates processed, survivors after the previous window
     while True:
         final = k >= cap
         if not final:
@@ -140,8 +152,9 @@ def greedy_nms_topk(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float,
             return kept[:max_det]
         done += len(idx)
         upper = t
-        # grow to where the survivor rate so far predicts max_det survivors, at least doubling
-        k = max(2 * k, int(k * max_det / max(len(kept), 1) * 1.25))
+        gained, before = len(kept) - before, len(kept)
+        k += int(_window_growth(torch.tensor(k), torch.tensor(len(idx)), torch.tensor(gained),
+                                torch.tensor(max_det - len(kept))))
 
 
 def non_max_suppression(prediction, conf_thres: float = 0.25, iou_thres: float = 0.45, classes=None,
@@ -208,18 +221,6 @@ class _Subset:
 
     def __getitem__(self, idx) -> torch.Tensor:
         return self.boxes[self.seg[idx]]
-
-
-GROWTH = (0.25, 1.0)  # each later window adds between these multiples of the current one (see _window_growth)
-
-
-def _window_growth(k, n_new, gained, missing):
-    """How many more candidates the next window takes: as many as the last window's survival rate predicts for
-    the missing survivors, but no more than the window so far (torchvision's cost grows with the square of a call,
-    and lower-scored candidates survive more often, so a prediction overshoots) and no less than half of it."""
-    rate = gained.double().clamp(min=1) / n_new.double().clamp(min=1)
-    want = (missing.double().clamp(min=1) / rate).ceil().long()
-    return torch.minimum(torch.maximum(want, (k * GROWTH[0]).long()), (k * GROWTH[1]).long()).clamp(min=1)
 
 
 PACK = 64  # consecutive classes of one image share a torchvision call while it holds at most this many boxes
