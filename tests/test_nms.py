@@ -120,6 +120,16 @@ def crowded(bs=3, n=3000, nc=4, seed=0, dtype=torch.float32, levels=0, empty=(),
     return p
 
 
+@pytest.fixture(params=["compiled", "torchvision"])
+def nms_path(request, monkeypatch):
+    """Run a test through the compiled kernel (numba is a requirement, so it must be there) and again through
+    the torchvision path it falls back to."""
+    import utils.inference.nms as nms
+    assert nms._kernel() is not None
+    monkeypatch.setattr(nms, "COMPILED", request.param == "compiled")
+    return request.param
+
+
 def _assert_same(new, old):
     assert len(new) == len(old)
     for a, b in zip(new, old):
@@ -146,7 +156,7 @@ NMS_CASES = [
 
 
 @pytest.mark.parametrize("kw", NMS_CASES, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
-def test_windowed_nms_equals_previous_implementation(kw):
+def test_windowed_nms_equals_previous_implementation(kw, nms_path):
     # float64 scores of this size have no exact ties, so the verbatim old function is a deterministic oracle
     p = crowded(seed=1, dtype=torch.float64, empty=(1,))
     assert _no_score_ties(p, 4)
@@ -154,7 +164,7 @@ def test_windowed_nms_equals_previous_implementation(kw):
 
 
 @pytest.mark.parametrize("kw", NMS_CASES[:5], ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
-def test_windowed_nms_with_score_ties(kw):
+def test_windowed_nms_with_score_ties(kw, nms_path):
     # 20 score levels: thousands of exact ties, also across window boundaries; the oracle breaks them by
     # candidate order (the only order a windowed search can reproduce)
     p = crowded(seed=2, levels=20, empty=(0,))
@@ -162,7 +172,7 @@ def test_windowed_nms_with_score_ties(kw):
     _assert_same(non_max_suppression(p, **kw), _nms_before(p, **kw, stable=True))
 
 
-def test_windowed_nms_masks_labels_and_all_empty():
+def test_windowed_nms_masks_labels_and_all_empty(nms_path):
     p = crowded(bs=2, seed=3, nm=3)
     labels = [torch.tensor([[1, 50.0, 60, 30, 40], [0, 200, 100, 60, 20]]), torch.zeros((0, 5))]
     kw = dict(conf_thres=0.001, iou_thres=0.6, multi_label=True, max_det=40, nm=3)
@@ -183,7 +193,7 @@ def test_greedy_nms_topk_any_window_equals_full_nms(window):
         assert torch.equal(greedy_nms_topk(boxes, scores, 0.5, max_det, window=window), full)
 
 
-def test_per_class_split_falls_back_when_the_class_shift_cannot_separate_boxes():
+def test_per_class_split_falls_back_when_the_class_shift_cannot_separate_boxes(nms_path):
     # a class-0 box near (7680, 7680) and a class-1 box near (0, 0) overlap once class 1 is shifted by MAX_WH, so
     # the previous single call suppresses across classes there; splitting per class would not, hence the guard
     p = crowded(bs=1, n=2000, nc=2, seed=5, dtype=torch.float64)
@@ -196,19 +206,99 @@ def test_per_class_split_falls_back_when_the_class_shift_cannot_separate_boxes()
     _assert_same(new, old)
 
 
-def test_batched_rounds_pack_classes_and_revisit_only_short_images(monkeypatch):
-    """The batch-wide windows (packs of consecutive classes per image, one torchvision call each) give the oracle's
-    boxes; images whose first window leaves them short of max_det get further rounds, the others do not."""
+def test_compiled_kernel_serves_cpu_batches_and_steps_aside_where_it_does_not_apply(monkeypatch):
+    """val.py's and detect.py's calls (CPU, float32) go through the compiled kernel; auto-labelling, fp16 and
+    a switched-off kernel take the torchvision path, with the same boxes."""
     import utils.inference.nms as nms
-    rounds = []
-    real = nms._packed_nms
-    monkeypatch.setattr(nms, "_packed_nms", lambda cand, bi, *a: rounds.append(bi[cand].unique().tolist())
-                        or real(cand, bi, *a))
-    p = crowded(bs=4, n=2500, nc=20, seed=6, dtype=torch.float64)
-    p[2, :, 4] *= (torch.arange(2500, dtype=torch.float64) % 50 == 0)  # image 2: few candidates, one window
+    from utils.inference import nms_kernel
+    calls = []
+    real = nms_kernel.batch_nms
+    monkeypatch.setattr(nms_kernel, "batch_nms", lambda *a: calls.append(a[0].shape) or real(*a))
+    p = crowded(bs=2, n=800, seed=7)
+    kw = dict(conf_thres=0.001, iou_thres=0.6, multi_label=True, max_det=100)
+    compiled = nms.non_max_suppression(p, **kw)
+    assert calls == [(2, 800, 9)]
+    nms.non_max_suppression(p, labels=[torch.tensor([[1, 50.0, 60, 30, 40]]), torch.zeros((0, 5))], **kw)
+    nms.non_max_suppression(p.half(), **kw)
+    monkeypatch.setattr(nms, "COMPILED", False)
+    _assert_same(compiled, nms.non_max_suppression(p, **kw))
+    assert len(calls) == 1
+
+
+def _mixed_sizes(bs=2, n=2500, nc=5, seed=8, dtype=torch.float64):
+    """crowded() plus boxes from 2 to 600 px wide, some far outside the image, so grid cells are both much
+    larger and much smaller than the boxes in them and queries run past the grid's edges."""
+    p = crowded(bs=bs, n=n, nc=nc, seed=seed, dtype=dtype)
+    g = torch.Generator().manual_seed(seed)
+    m = torch.rand(bs, n, generator=g) < 0.3
+    p[..., 2:4][m] = (2 + 598 * torch.rand(int(m.sum()), 2, generator=g, dtype=dtype) ** 3)
+    far = torch.rand(bs, n, generator=g) < 0.05
+    p[..., :2][far] = -1500 + 4000 * torch.rand(int(far.sum()), 2, generator=g, dtype=dtype)
+    return p
+
+
+@pytest.mark.parametrize("iou_thres", [0.0, 0.05, 0.3, 0.45, 0.6, 0.9, 1.0])
+@pytest.mark.parametrize("agnostic", [False, True])
+def test_compiled_nms_any_threshold_and_box_size(iou_thres, agnostic):
+    # the kernel only compares a candidate with survivors whose centre lies within its reach, a bound that
+    # depends on the threshold (unbounded at 0); every threshold and box size gives the oracle's boxes
+    p = _mixed_sizes()
+    assert _no_score_ties(p, 5)
+    kw = dict(conf_thres=0.001, iou_thres=iou_thres, multi_label=True, agnostic=agnostic, max_det=400)
+    _assert_same(non_max_suppression(p, **kw), _nms_before(p, **kw))
+
+
+def test_compiled_nms_many_classes_and_float32():
+    # 80 classes shrink the grid to its cell budget; float32 scores tie, broken in candidate order
+    p = crowded(bs=2, n=6000, nc=80, seed=9)
     for kw in (dict(conf_thres=0.001, iou_thres=0.6, multi_label=True, max_det=300),
-               dict(conf_thres=0.001, iou_thres=0.05, multi_label=False, max_det=150)):
-        rounds.clear()
-        _assert_same(nms.non_max_suppression(p, **kw), _nms_before(p, **kw))
-        assert rounds[0] == [0, 1, 2, 3]
-    assert len(rounds) > 1 and all(2 not in r for r in rounds[1:])  # later rounds: only the short images
+               dict(conf_thres=0.25, iou_thres=0.45, max_det=1000)):
+        _assert_same(non_max_suppression(p, **kw), _nms_before(p, **kw, stable=True))
+
+
+def test_compiled_nms_non_finite_boxes():
+    # NaN or infinite corners make torchvision's IoU 0 or NaN: such boxes never suppress and are never
+    # suppressed, and the kernel keeps them out of its grid
+    p = crowded(bs=1, n=1500, seed=10, dtype=torch.float64)
+    p[0, :40, 4] = 1.0  # high scores, so they are visited early
+    p[0, :10, 0] = float("nan")
+    p[0, 10:20, 2] = float("inf")
+    p[0, 20:30, 1] = -float("inf")
+    p[0, 30:40, 3] = float("nan")
+    kw = dict(conf_thres=0.001, iou_thres=0.5, multi_label=True, max_det=300)
+    new, old = non_max_suppression(p, **kw), _nms_before(p, **kw)
+    torch.testing.assert_close(new, old, rtol=0, atol=0, equal_nan=True)  # bitwise, NaN equal to NaN
+    assert (~torch.isfinite(new[0][:, :4]).all(1)).sum() >= 40  # each class of those rows survived
+
+
+def test_compiled_nms_orders_float64_scores_closer_than_float32_can_tell():
+    # the kernel sorts on each score's float32 rounding and re-sorts runs of equal keys by the exact score
+    p = crowded(bs=1, n=600, nc=2, seed=11, dtype=torch.float64)
+    p[0, :, 5:] = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    p[0, :, 4] = 0.5 + 1e-12 * torch.randperm(600, generator=torch.Generator().manual_seed(0)).double()
+    p[0, :, :2] = 20.0 * torch.arange(600, dtype=torch.float64)[:, None] % 300  # spread out: many survive
+    kw = dict(conf_thres=0.001, iou_thres=0.6, multi_label=True, max_det=300)
+    new = non_max_suppression(p, **kw)
+    assert len(torch.unique(new[0][:, 4].float())) == 1  # one float32 key for all of them
+    _assert_same(new, _nms_before(p, **kw))
+
+
+@pytest.mark.parametrize("iou_thres", [0.3, 0.6, 0.85])
+def test_compiled_nms_finds_suppressors_at_the_edge_of_its_reach(iou_thres):
+    # the farthest a suppressing box's centre can be: a narrow box inside a wide one, touching its edge, the
+    # width ratio just above the threshold (IoU = w / W); a reach even 1% shorter misses these
+    g = torch.Generator().manual_seed(12)
+    n = 200
+    w = 10 + 90 * torch.rand(n, generator=g, dtype=torch.float64)
+    wide = w / (iou_thres * (1 + 1e-3 + 1e-2 * torch.rand(n, generator=g, dtype=torch.float64)))  # IoU > t
+    side = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0).double()
+    cx = 400.0 * torch.arange(n, dtype=torch.float64) % 4000  # pairs far apart from each other
+    cy = 400.0 * (torch.arange(n, dtype=torch.float64) // 10)
+    h = 20 + 40 * torch.rand(n, generator=g, dtype=torch.float64)
+    wide_rows = torch.stack((cx, cy, wide, h, torch.full((n,), 0.9, dtype=torch.float64)), 1)
+    narrow_rows = torch.stack((cx + side * (wide - w) / 2, cy, w, h, torch.full((n,), 0.8, dtype=torch.float64)), 1)
+    p = torch.cat((torch.cat((wide_rows, narrow_rows)), torch.ones(2 * n, 1, dtype=torch.float64)), 1)[None]
+    kw = dict(conf_thres=0.001, iou_thres=iou_thres, max_det=1000)
+    new = non_max_suppression(p, **kw)
+    assert len(new[0]) == n  # every narrow box suppressed
+    _assert_same(new, _nms_before(p, **kw, stable=True))  # equal scores: kept in candidate order

@@ -1,6 +1,9 @@
-"""Non-maximum suppression over decoded YOLO predictions: candidates gathered for the whole batch at once, then
-greedy NMS on a growing window of each image's top-scoring candidates only, in batch-wide rounds (one image, as in
-detect.py, takes the per-image loop).
+"""Non-maximum suppression over decoded YOLO predictions.
+
+On CPU (float32/float64, the val.py and detect.py case) one compiled pass per batch does everything:
+utils/inference/nms_kernel.py, with torchvision's arithmetic, so the same boxes. Elsewhere (CUDA, fp16,
+auto-labelling, no numba) each image takes greedy NMS through torchvision on a growing window of its
+top-scoring candidates only.
 
 Why the window is exact: greedy NMS visits candidates in score order and a candidate's fate depends only on the
 survivors before it, so the first `max_det` survivors of any prefix of that order are the first `max_det`
@@ -11,13 +14,18 @@ candidates tied with its last score, so a window is always a prefix of that one 
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 import torchvision
 
 from utils.boxes import xywh2xyxy
 
+LOGGER = logging.getLogger(__name__)
+
 MAX_WH = 7680  # class offset in pixels: boxes of different classes never overlap after the shift
 WINDOW = 2  # first window = WINDOW * max_det candidates (measured best at conf 0.001, benchmarks/bench_nms.py)
+COMPILED = True  # use the compiled kernel where it applies (tests switch it off to check the torchvision path)
 
 
 def _check_thresholds(conf_thres: float, iou_thres: float) -> None:
@@ -170,6 +178,9 @@ def non_max_suppression(prediction, conf_thres: float = 0.25, iou_thres: float =
     bs = prediction.shape[0]
     nc = prediction.shape[2] - nm - 5
     multi_label &= nc > 1
+    if _use_kernel(prediction, labels, max_det):
+        return _kernel_nms(prediction, nc, nm, conf_thres, iou_thres, classes, agnostic, multi_label, max_det,
+                           max_nms)
     bi, x = _candidates(prediction, conf_thres, labels, nc, nm)
     bi, row, score, cls = _detections(bi, x, conf_thres, nc, multi_label, classes)
     out = [torch.zeros((0, 6 + nm), device=prediction.device)] * bs
@@ -181,17 +192,54 @@ def non_max_suppression(prediction, conf_thres: float = 0.25, iou_thres: float =
     # every box within a band narrower than MAX_WH (1 px margin for the float rounding of the shift)
     lo, hi = xyxy.min(), xyxy.max()
     groups = None if agnostic or not bool(hi - lo < MAX_WH - 1) else cls.long()
-    boxes = _Shifted(xyxy, row, offset)
-    if bs == 1 or (groups is None and not agnostic):
-        # one image (detect.py), or classes the shift cannot separate (one call per window on shifted boxes): the
-        # per-image path, whose few tensor ops beat the batch-wide ones' fixed cost for a single image
-        keep_per_image = _per_image_nms(bi, boxes, score, groups, bs, iou_thres, max_det, max_nms)
-    else:
-        keep_per_image = _batched_window_nms(bi, boxes, score, groups, bs, iou_thres, max_det, max_nms)
+    keep_per_image = _per_image_nms(bi, _Shifted(xyxy, row, offset), score, groups, bs, iou_thres, max_det, max_nms)
     kept = torch.cat(keep_per_image)
     r = row[kept]
     dets = torch.cat((xyxy[r], score[kept, None], cls[kept, None], mask[r]), 1)
     return list(dets.split([len(k) for k in keep_per_image]))
+
+
+_KERNEL = []  # [module] once imported, [None] when numba is missing
+
+
+def _kernel():
+    if not _KERNEL:
+        try:
+            from utils.inference import nms_kernel
+        except ImportError as e:  # numba is in requirements.txt; without it NMS stays exact, only slower
+            LOGGER.info(f"NMS: compiled kernel unavailable ({e}); using torchvision's")
+            nms_kernel = None
+        _KERNEL.append(nms_kernel)
+    return _KERNEL[0]
+
+
+def _use_kernel(prediction: torch.Tensor, labels, max_det: int) -> bool:
+    return (COMPILED and prediction.device.type == "cpu" and prediction.dtype in (torch.float32, torch.float64)
+            and not (labels and any(len(lb) for lb in labels)) and max_det > 0 and _kernel() is not None)
+
+
+def _kernel_nms(prediction, nc, nm, conf_thres, iou_thres, classes, agnostic, multi_label, max_det, max_nms):
+    """non_max_suppression through nms_kernel.batch_nms: it returns the survivors' (anchor, class, score); the
+    rows are then built with the same torch ops as the torchvision path, so the same values."""
+    bs, n_anchors = prediction.shape[:2]
+    p = prediction.detach()
+    cls_dtype = torch.promote_types(p.dtype, torch.float32)
+    ids = torch.arange(nc, dtype=cls_dtype)
+    class_ok = torch.ones(nc, dtype=torch.bool) if classes is None else (ids[:, None] == torch.tensor(classes)).any(1)
+    arr = p.contiguous().numpy()
+    dt = arr.dtype.type  # thresholds in the prediction's dtype, as torch compares a tensor with a Python float
+    max_det = min(max_det, max(max_nms, 0), n_anchors * (nc if multi_label else 1))
+    anchor, cls, score, counts = _kernel().batch_nms(
+        arr, nc, dt(conf_thres), float(iou_thres), max(max_det, 1), max(max_nms, 0),
+        multi_label, class_ok.numpy(), agnostic, (ids * (0 if agnostic else MAX_WH)).to(p.dtype).numpy(),
+        dt(MAX_WH - 1))
+    if not len(anchor):
+        return [torch.zeros((0, 6 + nm), device=prediction.device)] * bs
+    counts = counts.tolist()
+    rows = prediction[torch.repeat_interleave(torch.arange(bs), torch.tensor(counts)), torch.from_numpy(anchor)]
+    dets = torch.cat((xywh2xyxy(rows[:, :4]), torch.from_numpy(score)[:, None],
+                      torch.from_numpy(cls).to(cls_dtype)[:, None], rows[:, 5 + nc:]), 1)
+    return list(dets.split(counts))
 
 
 def _per_image_nms(bi, boxes, score, groups, bs, iou_thres, max_det, max_nms) -> list[torch.Tensor]:
@@ -221,94 +269,3 @@ class _Subset:
 
     def __getitem__(self, idx) -> torch.Tensor:
         return self.boxes[self.seg[idx]]
-
-
-PACK = 64  # consecutive classes of one image share a torchvision call while it holds at most this many boxes
-
-
-def _visiting_order(idx: torch.Tensor, bi: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
-    """Ascending detection indices -> sorted by image, then by score descending with ties in candidate (index)
-    order: each image's visiting order, the order greedy NMS takes its candidates in."""
-    idx = idx[score[idx].sort(descending=True, stable=True)[1]]
-    return idx[bi[idx].sort(stable=True)[1]]
-
-
-def _segment_ranks(bi_sorted: torch.Tensor, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-image counts, rank of each element within its image) for image indices in nondecreasing order."""
-    counts = torch.bincount(bi_sorted, minlength=bs)
-    return counts, torch.arange(len(bi_sorted), device=bi_sorted.device) - (torch.cumsum(counts, 0) - counts)[bi_sorted]
-
-
-def _packed_nms(cand: torch.Tensor, bi, boxes, groups, n_groups: int, iou_thres: float) -> torch.Tensor:
-    """Mask over cand (given in visiting order) of the survivors of greedy NMS per (image, class):
-    one torchvision call per pack of consecutive classes of one image (shifted boxes, so classes sharing a call
-    cannot suppress each other and every IoU is the one a per-image call computes)."""
-    dev = cand.device
-    key = bi[cand] if groups is None else bi[cand] * n_groups + groups[cand]
-    key, by_key = key.sort(stable=True)  # (image, class) segments, visiting order kept inside each
-    wb = boxes[cand[by_key]]
-    ranks = torch.arange(len(cand), 0, -1, device=dev, dtype=wb.dtype)  # decreasing: torchvision keeps the order
-    seg_keys, seg_counts = torch.unique_consecutive(key, return_counts=True)
-    keep, start, pack_start, pack_img = [], 0, 0, -1
-    for img, c in zip((seg_keys // n_groups).tolist() + [-1], seg_counts.tolist() + [0]):  # sentinel: last flush
-        if img != pack_img or start - pack_start + c > PACK:  # a pack holds small segments only
-            if start - pack_start > 1:
-                keep.append(torchvision.ops.nms(wb[pack_start:start], ranks[pack_start:start], iou_thres)
-                            + pack_start)
-            elif start - pack_start == 1:
-                keep.append(torch.tensor([pack_start], device=dev))
-            pack_start, pack_img = start, img
-        start += c
-    survives = torch.zeros(len(cand), dtype=torch.bool, device=dev)
-    if keep:
-        survives[by_key[torch.cat(keep)]] = True
-    return survives
-
-
-def _batched_window_nms(bi, boxes, score, groups, bs, iou_thres, max_det, max_nms) -> list[torch.Tensor]:
-    """greedy_nms_topk for every image at once: the same windows (each image's k best candidates plus all ties
-    with the k-th, a prefix of its visiting order; grown by the survivor rate until max_det survive or max_nms
-    candidates are in), each round one batch-wide pass of tensor ops whatever the batch size, with the torchvision
-    calls per (image, class) pack (_packed_nms). A later round sees only the images still short of max_det, their
-    survivors so far and their next candidates: a suppressed box never suppresses anything later. bi must be
-    nondecreasing (candidates come grouped by image)."""
-    dev = score.device
-    counts, pos = _segment_ranks(bi, bs)
-    cap = torch.clamp(counts, max=max_nms)
-    n_groups = 1 if groups is None else int(groups.max()) + 1
-    k = torch.full((bs,), max(WINDOW * max_det, 1), dtype=torch.long, device=dev)
-    upper = torch.full((bs,), float("inf"), dtype=score.dtype, device=dev)
-    done = torch.zeros(bs, dtype=torch.long, device=dev)
-    active = counts > 0
-    kept, finished, padded = bi[:0], [], None
-    n_before = torch.zeros(bs, dtype=torch.long, device=dev)
-    while bool(active.any()):
-        lower = torch.full((bs,), -float("inf"), dtype=score.dtype, device=dev)
-        ranked = active & (k < cap)  # images whose window ends inside their candidates: find its k-th score
-        if bool(ranked.any()):
-            if padded is None:
-                padded = torch.full((bs, int(counts.max())), -float("inf"), dtype=score.dtype, device=dev)
-                padded[bi, pos] = score
-            top = padded[ranked].topk(int(k[ranked].max().clamp(max=padded.shape[1])), dim=1).values
-            lower[ranked] = top.gather(1, (k[ranked] - 1).clamp(max=top.shape[1] - 1)[:, None])[:, 0]
-        new = (active[bi] & (score >= lower[bi]) & (score < upper[bi])).nonzero(as_tuple=True)[0]
-        new = _visiting_order(new, bi, score)
-        n_new, rank = _segment_ranks(bi[new], bs)
-        new = new[rank < (cap - done)[bi[new]]]  # past max_nms: cut in visiting order, ties included
-        n_new = torch.minimum(n_new, cap - done)
-        survivors = torch.cat((kept, new))  # per image its survivors so far, then its new candidates: stable by image
-        survivors = survivors[bi[survivors].sort(stable=True)[1]]
-        survivors = survivors[_packed_nms(survivors, bi, boxes, groups, n_groups, iou_thres)]
-        n_surv = torch.bincount(bi[survivors], minlength=bs)
-        done = done + n_new
-        stop = active & ((n_surv >= max_det) | (done >= cap))
-        finished.append(survivors[stop[bi[survivors]]])
-        active = active & ~stop
-        kept = survivors[active[bi[survivors]]]
-        upper = torch.where(ranked, lower, upper)
-        k = k + _window_growth(k, n_new, n_surv - n_before, max_det - n_surv)
-        n_before = n_surv
-    out = torch.cat(finished)  # each round's images in visiting order; rounds hold disjoint images
-    out = out[bi[out].sort(stable=True)[1]]
-    n_out, rank = _segment_ranks(bi[out], bs)
-    return list(out[rank < max_det].split(torch.clamp(n_out, max=max_det).tolist()))
