@@ -118,6 +118,56 @@ def save_one_txt(predn: torch.Tensor, save_conf: bool, shape: tuple, file: Path)
                                           predn[:, 4].cpu().numpy() if save_conf else None))
 
 
+def to_original_pixels(preds: list[torch.Tensor], targets: torch.Tensor, input_hw, shapes) -> tuple:
+    """A batch's detections and labels mapped back to the original images, once, in float64, for the metric,
+    the confusion matrix and the json alike: per image, predn (k, 6) x1, y1, x2, y2, conf, cls and labels (m, 5)
+    cls, x1, y1, x2, y2. targets: (n, 6) image, cls, cx, cy, w, h in input pixels. Two backends.rescale_boxes
+    calls for the whole batch (per row, the same arithmetic as one call per image)."""
+    nb = len(preds)
+    orig_hw, ratio_pad = [s[0] for s in shapes[:nb]], [s[1] for s in shapes[:nb]]
+    n_det = [len(p) for p in preds]
+    predn = (torch.cat(preds).detach() if nb else torch.zeros((0, 6))).double().cpu()
+    backends.rescale_boxes(predn[:, :4], input_hw, orig_hw, ratio_pad,
+                           image=torch.repeat_interleave(torch.arange(nb), torch.tensor(n_det, dtype=torch.long)))
+    targets = targets.cpu()
+    img = targets[:, 0].long()
+    order = img.sort(stable=True)[1]  # each image's labels in their file order
+    t = targets[order, 1:].float()
+    labels = torch.cat((t[:, :1].double(), xywh2xyxy(t[:, 1:5]).double()), 1)
+    backends.rescale_boxes(labels[:, 1:], input_hw, orig_hw, ratio_pad, image=img[order])
+    return list(predn.split(n_det)), list(labels.split(torch.bincount(img, minlength=nb).tolist()))
+
+
+def coco_rows(predns: list[torch.Tensor], labelns: list[torch.Tensor]) -> tuple[list, list]:
+    """to_original_pixels' output as DetectionMetrics and the json take it, per image: detections (k, 6) COCO
+    x, y, w, h, conf, cls and labels (m, 5) cls, x, y, w, h, float64 numpy."""
+    p = torch.cat(predns).numpy() if predns else np.zeros((0, 6))
+    lb = torch.cat(labelns).numpy() if labelns else np.zeros((0, 5))
+    p = np.concatenate((xyxy2coco(p[:, :4]), p[:, 4:6]), 1)
+    lb = np.concatenate((lb[:, :1], xyxy2coco(lb[:, 1:5])), 1)
+    return (np.split(p, np.cumsum([len(x) for x in predns])[:-1]),
+            np.split(lb, np.cumsum([len(x) for x in labelns])[:-1]))
+
+
+def _rescale_params(input_hw, orig_hw, ratio_pad) -> tuple:
+    """(gain, pad x, pad y, h0, w0) as utils.boxes.scale_boxes derives them."""
+    h0, w0 = orig_hw
+    if ratio_pad is None:
+        g = min(input_hw[0] / h0, input_hw[1] / w0)
+        return g, (input_hw[1] - w0 * g) / 2, (input_hw[0] - h0 * g) / 2, h0, w0
+    return ratio_pad[0][0], ratio_pad[1][0], ratio_pad[1][1], h0, w0
+
+
+def _rescale(boxes: torch.Tensor, img: torch.Tensor, gain, pad_x, pad_y, h0, w0) -> None:
+    """scale_boxes in place on rows of many images: subtract the pad, divide by the gain, clip to the image."""
+    boxes[:, 0::2] -= pad_x[img, None]
+    boxes[:, 1::2] -= pad_y[img, None]
+    boxes /= gain[img, None]
+    zero = torch.zeros(())
+    boxes[:, 0::2] = torch.minimum(torch.maximum(boxes[:, 0::2], zero), w0[img, None])
+    boxes[:, 1::2] = torch.minimum(torch.maximum(boxes[:, 1::2], zero), h0[img, None])
+
+
 def output_to_target(output: list[torch.Tensor], max_det: int = 300) -> torch.Tensor:
     """NMS output list -> plot_images rows [img_idx, cls, cx, cy, w, h, conf] (pixels)."""
     rows = []
@@ -243,37 +293,30 @@ def run(data, weights=None, batch_size: int = 32, imgsz: int = 640, conf_thres: 
                                      max_det=max_det, end2end=end2end)
         dt[2] += time_sync() - t3
 
-        # per image: map boxes back to the original image once, in float64, for the metric and the json alike
-        coco_preds, coco_labels, cm_preds, cm_labels, ids = [], [], [], [], []
-        for si, pred in enumerate(preds):
-            labels = targets[targets[:, 0] == si, 1:].float()
+        if single_cls:
+            for pred in preds:
+                pred[:, 5] = 0
+        # every box back to its original image once, in float64, for the metric and the json alike
+        predns, labelns = to_original_pixels(preds, targets, im.shape[2:], shapes)
+        coco_preds, coco_labels = coco_rows(predns, labelns)
+        ids = []
+        for si, (pred, predn) in enumerate(zip(preds, predns)):
             path, (h0, w0) = Path(paths[si]), shapes[si][0]
             seen += 1
-            if single_cls:
-                pred[:, 5] = 0
-            predn = pred.detach().clone().double().cpu()
-            backends.rescale_boxes(predn[:, :4], im[si].shape[1:], (h0, w0), shapes[si][1])
-            tbox = xywh2xyxy(labels[:, 1:5]).double().cpu()
-            backends.rescale_boxes(tbox, im[si].shape[1:], (h0, w0), shapes[si][1])
-            pn, tb, lc = predn.numpy(), tbox.numpy(), labels[:, :1].double().cpu().numpy()
-            pc = xyxy2coco(pn[:, :4])
-            coco_preds.append(np.concatenate((pc, pn[:, 4:6]), 1))
-            coco_labels.append(np.concatenate((lc, xyxy2coco(tb)), 1))
-            cm_preds.append(pn[:, :6])
-            cm_labels.append(np.concatenate((lc, tb), 1))
             img_id = image_id(path, seen - 1, numeric_ids)
             ids.append(img_id)
             if save_json:
+                pn = coco_preds[si]
                 jdict += [{"image_id": img_id, "category_id": class_map[int(c)], "bbox": b.tolist(),
-                           "score": float(sc)} for b, sc, c in zip(pc, pn[:, 4], pn[:, 5])]
+                           "score": float(sc)} for b, sc, c in zip(pn[:, :4], pn[:, 4], pn[:, 5])]
                 gt_records.append({"id": img_id, "path": str(path), "w0": int(w0), "h0": int(h0),
-                                   "labels": coco_labels[-1]})
+                                   "labels": coco_labels[si]})
             if save_txt:
                 save_one_txt(predn, save_conf, (h0, w0), save_dir / "labels" / f"{path.stem}.txt")
             _callback(callbacks, "on_val_image_end", pred, predn, path, names, im[si])
         metrics.update(coco_preds, coco_labels, ids)
         if plots:
-            confusion_matrix.update(cm_preds, cm_labels)
+            confusion_matrix.update([p[:, :6].numpy() for p in predns], [lb.numpy() for lb in labelns])
 
         if plots and batch_i < 3:
             from utils.plots import plot_images

@@ -4,9 +4,11 @@
                                      [--batch 16] [--threads 1] [--no-old]
 
 Per image, on the --data val split: pre-process, inference (--weights, a .pt or an export, through DetectBackend),
-NMS at conf 0.001 / IoU 0.6 / multi-label / max_det 300 (as val.py runs it), the metric update + compute, the same NMS
-with an unbounded window (every candidate through one torchvision call: the previous algorithm). Then NMS at
-conf 0.25 / IoU 0.45 / max_det 1000 on one image at a time (as detect.py runs it).
+NMS at conf 0.001 / IoU 0.6 / multi-label / max_det 300 (as val.py runs it: the compiled kernel), the metric as val.py
+feeds it (boxes back to original pixels, COCO rows, update, and compute at the end), the same NMS through the
+torchvision path (the kernel switched off) and with an unbounded window there (every candidate through one
+torchvision call: the original algorithm), each checked to return the same boxes. Then NMS at conf 0.25 / IoU 0.45
+/ max_det 1000 on one image at a time (as detect.py runs it).
 """
 from __future__ import annotations
 
@@ -18,38 +20,28 @@ import torch
 import utils.inference.nms as nms_module
 from utils import backends
 from utils.backends import DetectBackend
-from utils.boxes import scale_boxes, xywh2xyxy
 from utils.data.dataloaders import check_dataset, create_dataloader
-from utils.metrics import DetectionMetrics, xyxy2coco
+from utils.metrics import DetectionMetrics
+from val import coco_rows, to_original_pixels
 
 VAL_NMS = dict(conf_thres=0.001, iou_thres=0.6, multi_label=True, max_det=300)
 DETECT_NMS = dict(conf_thres=0.25, iou_thres=0.45, max_det=1000)
 
 
-def _nms(preds, unbounded: bool = False, **kw):
-    """The shared postprocess (what val.py and detect.py call); unbounded=True makes the first NMS window hold
-    every candidate, i.e. one torchvision call over all of them: the previous algorithm."""
-    old = nms_module.WINDOW
-    nms_module.WINDOW = 10 ** 9 if unbounded else old
+PATHS = ("compiled", "torchvision", "all-candidates")
+
+
+def _nms(preds, path: str = "compiled", **kw):
+    """The shared postprocess (what val.py and detect.py call) through one of PATHS: the compiled kernel (the
+    default), the torchvision path it falls back to, or that path with a window holding every candidate (one
+    torchvision call over all of them: the original algorithm)."""
+    compiled, window = nms_module.COMPILED, nms_module.WINDOW
+    nms_module.COMPILED = path == "compiled"
+    nms_module.WINDOW = 10 ** 9 if path == "all-candidates" else window
     try:
         return backends.postprocess(preds, **kw)
     finally:
-        nms_module.WINDOW = old
-
-
-def _metric_inputs(dets, targets, im, shapes):
-    """val.py's per-image conversion: boxes to the original image, then COCO xywh for the metric."""
-    preds, labels = [], []
-    for si, det in enumerate(dets):
-        lb = targets[targets[:, 0] == si, 1:].double()
-        (h0, w0), ratio_pad = shapes[si][0], shapes[si][1]
-        pn = det.double().clone()
-        scale_boxes(im.shape[2:], pn[:, :4], (h0, w0), ratio_pad)
-        tb = xywh2xyxy(lb[:, 1:5])
-        scale_boxes(im.shape[2:], tb, (h0, w0), ratio_pad)
-        preds.append(torch.cat((torch.from_numpy(xyxy2coco(pn[:, :4].numpy())), pn[:, 4:6]), 1).numpy())
-        labels.append(torch.cat((lb[:, :1], torch.from_numpy(xyxy2coco(tb.numpy()))), 1).numpy())
-    return preds, labels
+        nms_module.COMPILED, nms_module.WINDOW = compiled, window
 
 
 def _best(fn, repeat: int, total: float):
@@ -65,7 +57,9 @@ def _best(fn, repeat: int, total: float):
 def run(weights: str, data: str, imgsz: int = 320, batch: int = 16, workers: int = 0, old: bool = True,
         repeat: int = 3) -> dict:
     """Milliseconds per image for each phase (each the fastest of `repeat` runs on the same batch); keys pre,
-    inference, nms, metrics, nms_old, detect_nms (metrics accumulate state, so they run once)."""
+    inference, nms, metrics, nms_torchvision, nms_old, detect_nms. The metric's update is timed on a scratch
+    instance (it accumulates), then run once on the real one.
+    old=False skips the all-candidates NMS."""
     model = DetectBackend(weights)
     if not model.pt:  # an export (.onnx, OpenVINO/ncnn folder, .mnn): square batches of the shape it was made for
         batch, _ = model.input_shape((imgsz, imgsz), batch, square=True)
@@ -73,7 +67,7 @@ def run(weights: str, data: str, imgsz: int = 320, batch: int = 16, workers: int
     loader = create_dataloader(info["val"], imgsz, batch, model.stride, pad=0.5, rect=model.pt, workers=workers,
                                nc=model.nc)[0]
     metrics = DetectionMetrics(model.nc)
-    t = dict.fromkeys(("pre", "inference", "nms", "metrics", "nms_old", "detect_nms"), 0.0)
+    t = dict.fromkeys(("pre", "inference", "nms", "metrics", "nms_torchvision", "nms_old", "detect_nms"), 0.0)
     seen, n_cand, n_kept, raw = 0, 0, 0, []
     with torch.inference_mode():
         for im, targets, _, shapes in loader:
@@ -82,19 +76,17 @@ def run(weights: str, data: str, imgsz: int = 320, batch: int = 16, workers: int
             preds = preds[0] if isinstance(preds, (list, tuple)) else preds
             dets, t["nms"] = _best(lambda: _nms(preds, **VAL_NMS), repeat, t["nms"])
             targets[:, 2:] *= torch.tensor((x.shape[3], x.shape[2], x.shape[3], x.shape[2]))
-            t0 = time.perf_counter()
-            metrics.update(*_metric_inputs(dets, targets, x, shapes))
-            t["metrics"] += time.perf_counter() - t0
-            if old:
-                dets_old, t["nms_old"] = _best(lambda: _nms(preds, unbounded=True, **VAL_NMS), repeat, t["nms_old"])
-                assert all(torch.equal(a, b) for a, b in zip(dets, dets_old)), "windowed NMS differs"
+            feed = lambda m: m.update(*coco_rows(*to_original_pixels(dets, targets, x.shape[2:], shapes)))  # noqa: E731
+            t["metrics"] = _best(lambda: feed(DetectionMetrics(model.nc)), repeat, t["metrics"])[1]
+            feed(metrics)
+            for path, key in (("torchvision", "nms_torchvision"), ("all-candidates", "nms_old"))[:2 if old else 1]:
+                other, t[key] = _best(lambda: _nms(preds, path, **VAL_NMS), repeat, t[key])
+                assert all(torch.equal(a, b) for a, b in zip(dets, other)), f"{path} NMS differs from the compiled one"
             seen += len(im)
             n_cand += int(((preds[..., 5:] * preds[..., 4:5]) > VAL_NMS["conf_thres"]).sum())
             n_kept += sum(len(d) for d in dets)
             raw.extend(preds.split(1))
-        t0 = time.perf_counter()
-        r = metrics.compute()
-        t["metrics"] += time.perf_counter() - t0
+        r, t["metrics"] = _best(metrics.compute, repeat, t["metrics"])
         for p in raw:
             t["detect_nms"] = _best(lambda: _nms(p, **DETECT_NMS), repeat, t["detect_nms"])[1]
     ms = {k: v / max(seen, 1) * 1e3 for k, v in t.items()}
@@ -110,9 +102,10 @@ def report(ms: dict, imgsz: int, old: bool) -> str:
              f"per image: pre-process {ms['pre']:.2f} ms, inference {ms['inference']:.2f} ms, "
              f"NMS {ms['nms']:.2f} ms, metrics {ms['metrics']:.2f} ms -> NMS + metrics = {share:.1f}% of inference",
              f"detect-time NMS (conf 0.25, one image per call): {ms['detect_nms']:.3f} ms per image"]
+    tv = f"the torchvision path on the same outputs: {ms['nms_torchvision']:.2f} ms per image"
     if old:
-        lines.insert(2, f"previous all-candidates NMS on the same outputs: {ms['nms_old']:.2f} ms per image "
-                        f"({ms['nms_old'] / max(ms['nms'], 1e-9):.0f}x the windowed one, identical boxes)")
+        tv += f", all candidates in one call: {ms['nms_old']:.2f} ms"
+    lines.insert(2, tv + " (identical boxes)")
     return "\n".join(lines)
 
 
@@ -125,7 +118,7 @@ def parse_opt(argv=None):
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=3, help="time each phase as the fastest of this many runs")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--no-old", action="store_true", help="skip timing the previous all-candidates NMS")
+    ap.add_argument("--no-old", action="store_true", help="skip timing the all-candidates NMS")
     return ap.parse_args(argv)
 
 

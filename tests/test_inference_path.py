@@ -67,7 +67,7 @@ def test_every_entry_point_uses_the_shared_postprocess_and_label_writer(dataset,
             project=str(tmp_path), name="v", plots=False)
     assert spy["postprocess"] == before["postprocess"] + 1 and spy["to_input"] == before["to_input"] + 1  # 1 batch
     assert spy["label_lines"] == before["label_lines"] + 4
-    assert spy["rescale_boxes"] == before["rescale_boxes"] + 2 * 4  # predictions and labels of each image
+    assert spy["rescale_boxes"] == before["rescale_boxes"] + 2  # the batch's predictions, then its labels
 
     before = dict(spy)  # validation during training passes the in-memory EMA model and its loader
     loader = create_dataloader(str(images), 64, 4, 32, pad=0.5, rect=True, workers=0)[0]
@@ -219,3 +219,22 @@ def test_validation_during_training_runs_a_fused_channels_last_copy_of_the_ema()
     assert torch.allclose(p0, p1, rtol=1e-4, atol=1e-3)
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(raw0, raw1))
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rescale_boxes_for_a_batch_equals_one_call_per_image(dtype):
+    """val.py rescales a whole batch in one call; every row gets the same values as its image's own call, with the
+    dataloader's ratio_pad or without it (derived from the shapes, as the predictor does)."""
+    g = torch.Generator().manual_seed(0)
+    orig = [(480, 640), (333, 500), (1000, 217)]
+    ratio_pad = [((0.5, 0.5), (0.0, 40.0)), None, ((0.32, 0.32), (95.3, 0.0))]
+    counts = [5, 0, 7]
+    boxes = (torch.rand(sum(counts), 4, generator=g, dtype=torch.float64) * 400 - 40).to(dtype)
+    image = torch.repeat_interleave(torch.arange(3), torch.tensor(counts))
+    batch = backends.rescale_boxes(boxes.clone(), (320, 320), orig, ratio_pad, image=image)
+    one = torch.cat([backends.rescale_boxes(b.clone(), (320, 320), o, r)
+                     for b, o, r in zip(boxes.split(counts), orig, ratio_pad)])
+    assert torch.equal(batch, one)
+    from utils.boxes import scale_boxes  # and the same values as the plain letterbox inverse
+    ref = torch.cat([scale_boxes((320, 320), b.clone(), o, r) for b, o, r in zip(boxes.split(counts), orig, ratio_pad)])
+    assert torch.equal(batch, ref)

@@ -340,3 +340,20 @@ def test_fitness_and_xyxy2coco():
     assert fitness(np.array([[0, 0, 1, 0], [0, 0, 0, 1]])).tolist() == pytest.approx([0.1, 0.9])
     assert xyxy2coco(np.array([[1, 2, 4, 8]])).tolist() == [[1, 2, 3, 6]]
     assert len(IOU_THRESHOLDS) == 10 and IOU_THRESHOLDS[2] == np.linspace(.5, .95, 10)[2]
+
+
+@pytest.mark.parametrize("scene", [dict(crowd=True, dup=(1, 5)), dict(integer=True, quantise_scores=True, crowd=True),
+                                   dict(quantise_scores=True, dup=(1, 4))])
+def test_compiled_matching_equals_the_numpy_loop(scene, monkeypatch):
+    """The greedy matching runs compiled (utils/match_kernel.py) where numba is there and in numpy otherwise;
+    both give the same correct matrix on crowded scenes, IoUs exactly on thresholds and tied scores (the
+    pycocotools tests above run the compiled one)."""
+    import utils.metrics as metrics
+    preds, labels = make_scene(np.random.default_rng(6), 30, 3, gt_range=(2, 12), **scene)
+    assert metrics._match_kernel() is not None  # numba is a requirement
+    compiled = DetectionMetrics(3).update(preds, labels)
+    monkeypatch.setattr(metrics, "MATCH_COMPILED", False)
+    numpy_loop = DetectionMetrics(3).update(preds, labels)
+    assert sum(c.sum() for c in compiled) > 50  # plenty of matches to get wrong
+    for a, b in zip(compiled, numpy_loop):
+        np.testing.assert_array_equal(a, b)

@@ -506,12 +506,32 @@ def to_input(im: torch.Tensor, device: torch.device | str, fp16: bool = False) -
     return (im.half() if fp16 else im.float()) / 255
 
 
-def rescale_boxes(boxes: torch.Tensor, input_hw, orig_hw, ratio_pad=None, round_px: bool = False) -> torch.Tensor:
+def rescale_boxes(boxes: torch.Tensor, input_hw, orig_hw, ratio_pad=None, round_px: bool = False,
+                  image: torch.Tensor | None = None) -> torch.Tensor:
     """The one rescaling: xyxy boxes (in place) from the letterboxed input back to original pixels, clipped;
-    ratio_pad as the dataloader reports it (else derived from the two shapes, as the predictor does)."""
-    from utils.boxes import scale_boxes
-    out = scale_boxes(input_hw, boxes, orig_hw, ratio_pad)
-    return out.round() if round_px else out
+    ratio_pad as the dataloader reports it (else derived from the two shapes, as the predictor does). For a
+    whole batch in one call, orig_hw and ratio_pad are lists per image and image (n,) says whose each row is.
+    Per row, the arithmetic of utils.boxes.scale_boxes: pad subtracted, gain divided, both in the boxes' dtype."""
+    if image is None:
+        orig_hw, ratio_pad, image = [orig_hw], [ratio_pad], torch.zeros(len(boxes), dtype=torch.long)
+    gain, pad_x, pad_y, h0, w0 = (torch.tensor(v, dtype=torch.float64).to(boxes.dtype)[image.cpu()].to(boxes.device)
+                                  for v in zip(*map(_rescale_params, [input_hw] * len(orig_hw), orig_hw, ratio_pad)))
+    boxes[..., 0::2] -= pad_x[:, None]
+    boxes[..., 1::2] -= pad_y[:, None]
+    boxes /= gain[:, None]
+    zero = torch.zeros((), dtype=boxes.dtype, device=boxes.device)
+    boxes[..., 0::2] = torch.minimum(torch.maximum(boxes[..., 0::2], zero), w0[:, None])
+    boxes[..., 1::2] = torch.minimum(torch.maximum(boxes[..., 1::2], zero), h0[:, None])
+    return boxes.round() if round_px else boxes
+
+
+def _rescale_params(input_hw, orig_hw, ratio_pad) -> tuple:
+    """(gain, pad x, pad y, h0, w0) as utils.boxes.scale_boxes derives them."""
+    h0, w0 = orig_hw
+    if ratio_pad is None:
+        g = min(input_hw[0] / h0, input_hw[1] / w0)
+        return g, (input_hw[1] - w0 * g) / 2, (input_hw[0] - h0 * g) / 2, h0, w0
+    return ratio_pad[0][0], ratio_pad[1][0], ratio_pad[1][1], h0, w0
 
 
 def label_lines(cls, xywhn, conf=None) -> list[str]:

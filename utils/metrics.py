@@ -78,9 +78,9 @@ def match_coco(pred_img, pred_cls, pred_score, pred_box, gt_img, gt_cls, gt_box,
 
     Boxes are COCO xywh. Ground truths keep their given order within an (image, class), as in the json.
     Returns keep (n,) bool (inside the per image-and-class max_det cap) and correct (n, T) bool (matched at
-    each IoU threshold; False for dropped rows). Vectorised over all images, classes, pairs and thresholds;
-    the only loop is over the score rank inside an (image, class), at most max_det steps, because a
-    detection may only take what higher-scored ones of the same image and class left over.
+    each IoU threshold; False for dropped rows). Vectorised over all images, classes, pairs and thresholds up to
+    the greedy step, which is sequential inside an (image, class) because a detection may only take what
+    higher-scored ones left over: utils/match_kernel.py runs it compiled, _match_by_rank in numpy without numba.
     """
     pred_img = np.asarray(pred_img, np.int64).ravel()
     pred_cls = np.asarray(pred_cls).astype(np.int64).ravel()
@@ -125,14 +125,42 @@ def match_coco(pred_img, pred_cls, pred_score, pred_box, gt_img, gt_cls, gt_box,
     if not len(pi):
         return keep, correct
 
-    # process detections rank by rank; within a rank every detection belongs to a different (image, class)
+    kernel = _match_kernel()
+    if kernel is not None:
+        det_hit = kernel.greedy_match(pi, gi, iou, thr, len(order), len(gt_cls))
+    else:
+        det_hit = _match_by_rank(pi, gi, iou, thr, rank, len(order), len(gt_cls))
+    correct[order] = det_hit
+    return keep, correct
+
+
+MATCH_COMPILED = True  # use utils/match_kernel.py where numba is there (tests switch it off for the numpy loop)
+_KERNEL = []
+
+
+def _match_kernel():
+    if not MATCH_COMPILED:
+        return None
+    if not _KERNEL:
+        try:
+            from utils import match_kernel
+        except ImportError:  # numba is in requirements.txt; without it the numpy loop gives the same matches
+            match_kernel = None
+        _KERNEL.append(match_kernel)
+    return _KERNEL[0]
+
+
+def _match_by_rank(pi, gi, iou, thr, rank, n_det: int, n_gt: int) -> np.ndarray:
+    """The matching in numpy, vectorised over images and classes: rank by rank, as within one rank every
+    detection belongs to a different (image, class)."""
+    T = len(thr)
     r_of_pair = rank[pi]
     by_rank = np.argsort(r_of_pair, kind="stable")
     pi, gi, iou, r_of_pair = pi[by_rank], gi[by_rank], iou[by_rank], r_of_pair[by_rank]
     rank_starts = _group_starts(r_of_pair)
     rank_ends = np.r_[rank_starts[1:], len(pi)]
-    gt_used = np.zeros((len(gt_cls), T), bool)
-    det_hit = np.zeros((len(order), T), bool)
+    gt_used = np.zeros((n_gt, T), bool)
+    det_hit = np.zeros((n_det, T), bool)
     for s, e in zip(rank_starts, rank_ends):
         p, g, v = pi[s:e], gi[s:e], iou[s:e]
         ok = (v[:, None] >= thr) & ~gt_used[g]
@@ -147,8 +175,7 @@ def match_coco(pred_img, pred_cls, pred_score, pred_box, gt_img, gt_cls, gt_box,
         c = chosen[si, ti]
         gt_used[g[c], ti] = True
         det_hit[p[c], ti] = True
-    correct[order] = det_hit
-    return keep, correct
+    return det_hit
 
 
 def _smooth_precision_at_recall(rc: np.ndarray, pr: np.ndarray) -> np.ndarray:
