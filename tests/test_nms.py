@@ -302,3 +302,28 @@ def test_compiled_nms_finds_suppressors_at_the_edge_of_its_reach(iou_thres):
     new = non_max_suppression(p, **kw)
     assert len(new[0]) == n  # every narrow box suppressed
     _assert_same(new, _nms_before(p, **kw, stable=True))  # equal scores: kept in candidate order
+
+
+def test_compiled_kernel_spreads_images_over_torch_threads_with_the_same_boxes(monkeypatch):
+    """With several torch threads a batch's images are split across them (numba's parallel loop); one thread
+    runs them in turn. The boxes are the same either way, and the same as the oracle's."""
+    import numba
+
+    from utils.inference import nms_kernel
+    calls = []
+    real = nms_kernel.batch_nms_parallel
+    monkeypatch.setattr(nms_kernel, "batch_nms_parallel", lambda *a: calls.append(1) or real(*a))
+    p = crowded(bs=5, n=3000, seed=13)
+    kw = dict(conf_thres=0.001, iou_thres=0.6, multi_label=True, max_det=300)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = non_max_suppression(p, **kw)
+        assert not calls
+        torch.set_num_threads(2)
+        two = non_max_suppression(p, **kw)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(calls) == (1 if numba.config.NUMBA_NUM_THREADS >= 2 else 0)
+    _assert_same(one, two)
+    _assert_same(two, _nms_before(p, **kw, stable=True))

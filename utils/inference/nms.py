@@ -229,7 +229,7 @@ def _kernel_nms(prediction, nc, nm, conf_thres, iou_thres, classes, agnostic, mu
     arr = p.contiguous().numpy()
     dt = arr.dtype.type  # thresholds in the prediction's dtype, as torch compares a tensor with a Python float
     max_det = min(max_det, max(max_nms, 0), n_anchors * (nc if multi_label else 1))
-    anchor, cls, score, counts = _kernel().batch_nms(
+    anchor, cls, score, counts = _kernel().run(
         arr, nc, dt(conf_thres), float(iou_thres), max(max_det, 1), max(max_nms, 0),
         multi_label, class_ok.numpy(), agnostic, (ids * (0 if agnostic else MAX_WH)).to(p.dtype).numpy(),
         dt(MAX_WH - 1))

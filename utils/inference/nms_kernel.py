@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+import torch
 
+PARALLEL_MIN = 8192  # images x anchors below which one thread beats a parallel launch
 RADIX_BITS = 11  # 3 passes over 32-bit keys, 2,048 buckets each
 _CACHE = True  # compiled code is stored in __pycache__ (or numba's user cache when that is read-only)
 
@@ -62,41 +64,91 @@ def _descending_order(score: np.ndarray, n: int) -> np.ndarray:
     return order
 
 
-@numba.njit(cache=_CACHE, nogil=True)
-def batch_nms(pred: np.ndarray, nc: int, conf: float, iou_thres: float, max_det: int, max_nms: int,
-              multi_label: bool, class_ok: np.ndarray, agnostic: bool, offsets: np.ndarray, separable_below: float):
-    """pred (bs, N, 5 + nc + nm): cx, cy, w, h, obj, class scores. Per image: the candidates (anchor, class,
+def run(pred: np.ndarray, *args) -> tuple:
+    """batch_nms(pred, *args), its images spread over torch's thread count when there are several of both (the
+    same results: images are independent). numba's thread count is set for the calling thread only."""
+    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, pred.shape[0])
+    if threads < 2 or pred.shape[0] * pred.shape[1] < PARALLEL_MIN:
+        return batch_nms(pred, *args)
+    numba.set_num_threads(threads)
+    return batch_nms_parallel(pred, *args)
+
+
+BATCH_DOC = """pred (bs, N, 5 + nc + nm): cx, cy, w, h, obj, class scores. Per image: the candidates (anchor, class,
     score = cls * obj > conf; every class above conf if multi_label, else the best one), the top max_nms of them
     in stable score order, greedy NMS over their xyxy boxes shifted by offsets[class], the first max_det survivors.
     Unless agnostic, classes are kept apart as in torchvision by the shift alone; when an image's boxes span less
     than separable_below the shift cannot make two classes overlap, so a candidate meets only its class's
     survivors. Returns (anchor, class, score) of the survivors, image after image in visiting order, and the
     count per image. conf, offsets and separable_below come in pred's dtype."""
-    bs, n_anchors = pred.shape[0], pred.shape[1]
-    # room for every (anchor, class) of an image; np.empty only maps the pages a batch writes. A growing buffer
-    # would be smaller, but reassigning arrays inside the loop made the loop 20x slower
-    cand = np.empty(n_anchors * (nc if multi_label else 1), np.int64)  # anchor * nc + class
-    cand_s = np.empty(len(cand), pred.dtype)
-    out_a = np.empty(bs * max_det, np.int64)
-    out_c = np.empty(bs * max_det, np.int64)
-    out_s = np.empty(bs * max_det, pred.dtype)
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def batch_nms(pred: np.ndarray, nc: int, conf: float, iou_thres: float, max_det: int, max_nms: int,
+              multi_label: bool, class_ok: np.ndarray, agnostic: bool, offsets: np.ndarray, separable_below: float):
+    bs = pred.shape[0]
+    out_a, out_c, out_s = _outputs(bs, max_det, pred.dtype)
     counts = np.zeros(bs, np.int64)
-    written = 0
     for b in range(bs):
-        n, lo, hi, size = _gather(pred[b], nc, conf, multi_label, class_ok, cand, cand_s)
-        if n == 0:
-            continue
-        order = _descending_order(cand_s, n)
-        per_class = not agnostic and hi - lo < separable_below
-        kept = _greedy(pred[b], nc, cand, order[:min(n, max_nms)], iou_thres, max_det, offsets, per_class,
-                       per_class or agnostic, lo, hi, size, out_a[written:])
-        for k in range(written, written + kept):
-            out_c[k] = out_a[k] % nc
-            out_s[k] = cand_s[out_a[k] // nc]
-            out_a[k] = cand[out_a[k] // nc] // nc
-        counts[b] = kept
-        written += kept
-    return out_a[:written], out_c[:written], out_s[:written], counts
+        counts[b] = _image_nms(pred[b], nc, conf, iou_thres, max_det, max_nms, multi_label, class_ok, agnostic,
+                               offsets, separable_below, out_a[b], out_c[b], out_s[b])
+    return _packed(out_a, out_c, out_s, counts)
+
+
+@numba.njit(cache=_CACHE, nogil=True, parallel=True)
+def batch_nms_parallel(pred: np.ndarray, nc: int, conf: float, iou_thres: float, max_det: int, max_nms: int,
+                       multi_label: bool, class_ok: np.ndarray, agnostic: bool, offsets: np.ndarray,
+                       separable_below: float):
+    bs = pred.shape[0]
+    out_a, out_c, out_s = _outputs(bs, max_det, pred.dtype)
+    counts = np.zeros(bs, np.int64)
+    for b in numba.prange(bs):  # images are independent; numba.set_num_threads decides how many run at once
+        counts[b] = _image_nms(pred[b], nc, conf, iou_thres, max_det, max_nms, multi_label, class_ok, agnostic,
+                               offsets, separable_below, out_a[b], out_c[b], out_s[b])
+    return _packed(out_a, out_c, out_s, counts)
+
+
+batch_nms.__doc__ = batch_nms_parallel.__doc__ = BATCH_DOC
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def _outputs(bs: int, max_det: int, dtype):
+    return np.empty((bs, max_det), np.int64), np.empty((bs, max_det), np.int64), np.empty((bs, max_det), dtype)
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def _packed(out_a, out_c, out_s, counts):
+    """Each image's first counts[b] rows, one image after another."""
+    total = counts.sum()
+    a, c, s = np.empty(total, np.int64), np.empty(total, np.int64), np.empty(total, out_s.dtype)
+    w = 0
+    for b in range(len(counts)):
+        for k in range(counts[b]):
+            a[w], c[w], s[w] = out_a[b, k], out_c[b, k], out_s[b, k]
+            w += 1
+    return a, c, s, counts
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def _image_nms(p, nc, conf, iou_thres, max_det, max_nms, multi_label, class_ok, agnostic, offsets, separable_below,
+               out_a, out_c, out_s) -> int:
+    """One image of batch_nms: its survivors' (anchor, class, score) into out_*, their count returned."""
+    # room for every (anchor, class); np.empty only maps the pages written. A growing buffer would be smaller,
+    # but reassigning arrays inside the loop made it 20x slower
+    cand = np.empty(p.shape[0] * (nc if multi_label else 1), np.int64)  # anchor * nc + class
+    cand_s = np.empty(len(cand), p.dtype)
+    n, lo, hi, size = _gather(p, nc, conf, multi_label, class_ok, cand, cand_s)
+    if n == 0:
+        return 0
+    order = _descending_order(cand_s, n)
+    per_class = not agnostic and hi - lo < separable_below
+    kept = _greedy(p, nc, cand, order[:min(n, max_nms)], iou_thres, max_det, offsets, per_class,
+                   per_class or agnostic, lo, hi, size, out_a)
+    for k in range(kept):
+        out_c[k] = out_a[k] % nc
+        out_s[k] = cand_s[out_a[k] // nc]
+        out_a[k] = cand[out_a[k] // nc] // nc
+    return kept
 
 
 @numba.njit(cache=_CACHE, nogil=True)
