@@ -238,3 +238,14 @@ def test_rescale_boxes_for_a_batch_equals_one_call_per_image(dtype):
     from utils.boxes import scale_boxes  # and the same values as the plain letterbox inverse
     ref = torch.cat([scale_boxes((320, 320), b.clone(), o, r) for b, o, r in zip(boxes.split(counts), orig, ratio_pad)])
     assert torch.equal(batch, ref)
+
+
+def test_warmup_on_cpu_loads_the_compiled_nms(monkeypatch, tmp_path):
+    """val.py warms the backend up before timing; on CPU that also loads the compiled NMS code (0.4 s from numba's
+    cache), which would otherwise land in the first batch's NMS time."""
+    from utils.inference import nms_kernel
+    loaded = []
+    monkeypatch.setattr(nms_kernel, "warmup", lambda: loaded.append(1))
+    w = save_checkpoint(make_checkpoint(_tiny_model()), tmp_path / "tiny.pt")
+    backends.DetectBackend(str(w)).warmup(imgsz=(1, 3, 64, 64))
+    assert loaded == [1]

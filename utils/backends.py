@@ -348,7 +348,11 @@ class Backend(nn.Module):
         return [rows[idx == i, 1:] for i in range(bs)]
 
     def warmup(self, imgsz=(1, 3, 640, 640)) -> None:
-        """Forwards so the first timed image does not pay for allocation and graph initialisation."""
+        """Forwards so the first timed image does not pay for allocation and graph initialisation, and on CPU the
+        compiled NMS code loaded (utils/inference/nms_kernel.py)."""
+        if self.device.type == "cpu":
+            from utils.inference.nms import warmup
+            warmup()
         if not self.warmup_runs:
             return
         b, hw = self.fixed_batch or int(imgsz[0]), self.fixed_imgsz or tuple(imgsz[2:])  # an export's own shape

@@ -213,6 +213,12 @@ def _kernel():
     return _KERNEL[0]
 
 
+def warmup() -> None:
+    """Load the compiled NMS code before timing starts (Backend.warmup calls this on CPU)."""
+    if COMPILED and _kernel() is not None:
+        _kernel().warmup()
+
+
 def _use_kernel(prediction: torch.Tensor, labels, max_det: int) -> bool:
     return (COMPILED and prediction.device.type == "cpu" and prediction.dtype in (torch.float32, torch.float64)
             and not (labels and any(len(lb) for lb in labels)) and max_det > 0 and _kernel() is not None)

@@ -19,6 +19,7 @@ import numba
 import numpy as np
 import torch
 
+MAX_SPAN = 7679.0  # any value: warmup() only needs the argument types
 PARALLEL_MIN = 8192  # images x anchors below which one thread beats a parallel launch
 RADIX_BITS = 11  # 3 passes over 32-bit keys, 2,048 buckets each
 _CACHE = True  # compiled code is stored in __pycache__ (or numba's user cache when that is read-only)
@@ -72,6 +73,16 @@ def run(pred: np.ndarray, *args) -> tuple:
         return batch_nms(pred, *args)
     numba.set_num_threads(threads)
     return batch_nms_parallel(pred, *args)
+
+
+def warmup() -> None:
+    """Load both entry points' float32 code now (a fraction of a second from numba's cache, a few seconds the first
+    time), so the first timed batch does not pay for it."""
+    p = np.zeros((2, 1, 6), np.float32)
+    args = (1, np.float32(0.5), 0.5, 1, 1, True, np.ones(1, np.bool_), False, np.zeros(1, np.float32),
+            np.float32(MAX_SPAN))
+    batch_nms(p, *args)
+    batch_nms_parallel(p, *args)
 
 
 BATCH_DOC = """pred (bs, N, 5 + nc + nm): cx, cy, w, h, obj, class scores. Per image: the candidates (anchor, class,
