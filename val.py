@@ -149,25 +149,6 @@ def coco_rows(predns: list[torch.Tensor], labelns: list[torch.Tensor]) -> tuple[
             np.split(lb, np.cumsum([len(x) for x in labelns])[:-1]))
 
 
-def _rescale_params(input_hw, orig_hw, ratio_pad) -> tuple:
-    """(gain, pad x, pad y, h0, w0) as utils.boxes.scale_boxes derives them."""
-    h0, w0 = orig_hw
-    if ratio_pad is None:
-        g = min(input_hw[0] / h0, input_hw[1] / w0)
-        return g, (input_hw[1] - w0 * g) / 2, (input_hw[0] - h0 * g) / 2, h0, w0
-    return ratio_pad[0][0], ratio_pad[1][0], ratio_pad[1][1], h0, w0
-
-
-def _rescale(boxes: torch.Tensor, img: torch.Tensor, gain, pad_x, pad_y, h0, w0) -> None:
-    """scale_boxes in place on rows of many images: subtract the pad, divide by the gain, clip to the image."""
-    boxes[:, 0::2] -= pad_x[img, None]
-    boxes[:, 1::2] -= pad_y[img, None]
-    boxes /= gain[img, None]
-    zero = torch.zeros(())
-    boxes[:, 0::2] = torch.minimum(torch.maximum(boxes[:, 0::2], zero), w0[img, None])
-    boxes[:, 1::2] = torch.minimum(torch.maximum(boxes[:, 1::2], zero), h0[img, None])
-
-
 def output_to_target(output: list[torch.Tensor], max_det: int = 300) -> torch.Tensor:
     """NMS output list -> plot_images rows [img_idx, cls, cx, cy, w, h, conf] (pixels)."""
     rows = []
