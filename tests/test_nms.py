@@ -193,16 +193,19 @@ def test_greedy_nms_topk_any_window_equals_full_nms(window):
         assert torch.equal(greedy_nms_topk(boxes, scores, 0.5, max_det, window=window), full)
 
 
-def test_per_class_split_falls_back_when_the_class_shift_cannot_separate_boxes(nms_path):
+@pytest.mark.parametrize("far, iou_thres", [
+    ([[7325.0, 7325, 750, 750, 1.0, 0.99, 0.0], [25, 25, 150, 150, 1.0, 0.0, 0.98]], 0.005),
+    ([[7700.0, 7700, 100, 100, 1.0, 0.99, 0.0], [20, 20, 100, 100, 1.0, 0.0, 0.98]], 0.5),  # identical once shifted
+])
+def test_per_class_split_falls_back_when_the_class_shift_cannot_separate_boxes(nms_path, far, iou_thres):
     # a class-0 box near (7680, 7680) and a class-1 box near (0, 0) overlap once class 1 is shifted by MAX_WH, so
     # the previous single call suppresses across classes there; splitting per class would not, hence the guard
     p = crowded(bs=1, n=2000, nc=2, seed=5, dtype=torch.float64)
-    far = torch.tensor([[[7325.0, 7325, 750, 750, 1.0, 0.99, 0.0], [25, 25, 150, 150, 1.0, 0.0, 0.98]]],
-                       dtype=torch.float64)
-    p = torch.cat((far, p), 1)
-    kw = dict(conf_thres=0.001, iou_thres=0.005, multi_label=True, max_det=3000)
+    p = torch.cat((torch.tensor([far], dtype=torch.float64), p), 1)
+    kw = dict(conf_thres=0.001, iou_thres=iou_thres, multi_label=True, max_det=3000)
     new, old = non_max_suppression(p, **kw), _nms_before(p, **kw)
-    assert not ((old[0][:, 5] == 1) & (old[0][:, 0] == -50)).any()  # the cross-class suppression happened
+    x1 = far[1][0] - far[1][2] / 2
+    assert not ((old[0][:, 5] == 1) & (old[0][:, 0] == x1)).any()  # the cross-class suppression happened
     _assert_same(new, old)
 
 

@@ -4,8 +4,8 @@ image, with no per-box Python and no IoU pair it does not need.
 Why compiled: at conf 0.001 a trained model leaves thousands of candidates per image, and the exact greedy loop is
 sequential. torchvision's kernel compares every survivor with every later box of the call and costs ~20 us per
 call, so even windowed it spent ~1 ms per image there, plus ~40 tensor ops per window round. Here each
-candidate, in score order, is checked only against the survivors of its own class until one suppresses it, and
-the image stops at max_det survivors.
+candidate, in score order, is checked only against the earlier survivors of its class whose centre is near enough
+for an IoU above the threshold (a grid of survivor centres finds them), and the image stops at max_det survivors.
 
 Exactly torchvision's arithmetic, so the same boxes as the torchvision implementation in utils/inference/nms.py:
 the same class-shifted boxes (x + cls * MAX_WH in the prediction's dtype), areas from the shifted coordinates,
@@ -19,7 +19,6 @@ import numba
 import numpy as np
 import torch
 
-MAX_SPAN = 7679.0  # any value: warmup() only needs the argument types
 PARALLEL_MIN = 8192  # images x anchors below which one thread beats a parallel launch
 RADIX_BITS = 11  # 3 passes over 32-bit keys, 2,048 buckets each
 _CACHE = True  # compiled code is stored in __pycache__ (or numba's user cache when that is read-only)
@@ -29,7 +28,7 @@ _CACHE = True  # compiled code is stored in __pycache__ (or numba's user cache w
 def _descending_order(score: np.ndarray, n: int) -> np.ndarray:
     """Indices of score[:n] by score descending, ties in index order: a stable LSD radix sort on the float32
     rounding of each (positive) score, whose bit patterns order like the values, then an insertion sort inside
-    each run of equal float32 keys by the exact score (float64 inputs only ever have a few such ties)."""
+    each run of equal float32 keys by the exact score (float64 inputs only: a stable merge sort for long runs)."""
     key = np.empty(n, np.float32)
     for i in range(n):
         key[i] = score[i]
@@ -54,7 +53,10 @@ def _descending_order(score: np.ndarray, n: int) -> np.ndarray:
     start = 0
     for r in range(1, n + 1):
         if r == n or bits[order[r]] != bits[order[start]]:
-            for q in range(start + 1, r):  # stable: only strictly larger scores move ahead
+            if r - start > 32:
+                run = order[start:r].copy()
+                order[start:r] = run[np.argsort(-score[run], kind="mergesort")]
+            for q in range(start + 1, r):  # stable: only strictly larger scores move ahead (a no-op after the sort)
                 i = order[q]
                 p = q - 1
                 while p >= start and score[order[p]] < score[i]:
@@ -80,7 +82,7 @@ def warmup() -> None:
     time), so the first timed batch does not pay for it."""
     p = np.zeros((2, 1, 6), np.float32)
     args = (1, np.float32(0.5), 0.5, 1, 1, True, np.ones(1, np.bool_), False, np.zeros(1, np.float32),
-            np.float32(MAX_SPAN))
+            np.float32(0))
     batch_nms(p, *args)
     batch_nms_parallel(p, *args)
 
@@ -213,7 +215,7 @@ def _greedy(p: np.ndarray, nc: int, cand: np.ndarray, order: np.ndarray, iou_thr
     cand (times nc, plus their class) to out and returns how many. A candidate is compared only with earlier
     survivors that can overlap it by more than iou_thres: those of its class when per_class (the class shift
     keeps the others apart) whose centre lies within its reach (_reach), found through a grid of centres when
-    grid (centres are unshifted: per class, or agnostic with no shift; otherwise every survivor is met).
+    grid (per class, or agnostic with no shift; otherwise every survivor is met and only the reach filters).
     Boxes with a non-finite coordinate never suppress and are never suppressed (their IoU is 0 or NaN), as in
     torchvision."""
     half = p.dtype.type(0.5)
@@ -232,7 +234,7 @@ def _greedy(p: np.ndarray, nc: int, cand: np.ndarray, order: np.ndarray, iou_thr
     heads = np.full(n_groups * gx * gx, -1, np.int64)  # last survivor in each (class, cell)
     k_next = np.empty(max_det, np.int64)  # the survivor before it in the same (class, cell)
     k_box = np.empty((max_det, 5), p.dtype)  # shifted x1, y1, x2, y2, area
-    k_mx = np.empty(max_det, np.float64)  # unshifted centre
+    k_mx = np.empty(max_det, np.float64)  # shifted centre
     k_my = np.empty(max_det, np.float64)
     kept = 0
     for r in range(len(order)):
@@ -243,16 +245,19 @@ def _greedy(p: np.ndarray, nc: int, cand: np.ndarray, order: np.ndarray, iou_thr
         x1, y1 = (cx - w * half) + off, (cy - h * half) + off
         x2, y2 = (cx + w * half) + off, (cy + h * half) + off
         area = (x2 - x1) * (y2 - y1)
-        mx = 0.5 * (np.float64(x1) + np.float64(x2)) - off
-        my = 0.5 * (np.float64(y1) + np.float64(y2)) - off
+        # centres of the shifted boxes (the ones compared, so a shift that makes classes overlap is seen); the
+        # grid cell comes from the unshifted centre, as a grid only ever holds one class or unshifted boxes
+        mx = 0.5 * (np.float64(x1) + np.float64(x2))
+        my = 0.5 * (np.float64(y1) + np.float64(y2))
         finite = abs(np.float64(x1)) + abs(np.float64(y1)) + abs(np.float64(x2)) + abs(np.float64(y2)) < np.inf
         if finite:
             # slack for the float rounding of the shifted corners (relative 6e-8 in float32) on the centres
-            eps = 1e-6 * (abs(mx) + abs(my) + abs(np.float64(off)))
+            eps = 1e-6 * (abs(mx) + abs(my))
             rx = reach * abs(np.float64(x2) - np.float64(x1)) + eps
             ry = reach * abs(np.float64(y2) - np.float64(y1)) + eps
-            x0c, x1c = _cell(mx - rx, lo, cell, gx), _cell(mx + rx, lo, cell, gx)
-            y0c, y1c = _cell(my - ry, lo, cell, gx), _cell(my + ry, lo, cell, gx)
+            ux, uy = mx - off, my - off
+            x0c, x1c = _cell(ux - rx, lo, cell, gx), _cell(ux + rx, lo, cell, gx)
+            y0c, y1c = _cell(uy - ry, lo, cell, gx), _cell(uy + ry, lo, cell, gx)
             if not (rx < np.inf and ry < np.inf):
                 x0c, x1c, y0c, y1c = 0, gx - 1, 0, gx - 1
             base = (c if per_class else 0) * gx * gx
@@ -275,7 +280,7 @@ def _greedy(p: np.ndarray, nc: int, cand: np.ndarray, order: np.ndarray, iou_thr
                 continue
             k_box[kept, 0], k_box[kept, 1], k_box[kept, 2], k_box[kept, 3], k_box[kept, 4] = box
             k_mx[kept], k_my[kept] = mx, my
-            h_idx = base + _cell(my, lo, cell, gx) * gx + _cell(mx, lo, cell, gx)
+            h_idx = base + _cell(uy, lo, cell, gx) * gx + _cell(ux, lo, cell, gx)
             k_next[kept] = heads[h_idx]
             heads[h_idx] = kept
         out[kept] = i * nc + c
