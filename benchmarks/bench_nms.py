@@ -76,7 +76,8 @@ def run(weights: str, data: str, imgsz: int = 320, batch: int = 16, workers: int
             preds = preds[0] if isinstance(preds, (list, tuple)) else preds
             dets, t["nms"] = _best(lambda: _nms(preds, **VAL_NMS), repeat, t["nms"])
             targets[:, 2:] *= torch.tensor((x.shape[3], x.shape[2], x.shape[3], x.shape[2]))
-            feed = lambda m: m.update(*coco_rows(*to_original_pixels(dets, targets, x.shape[2:], shapes)))  # noqa: E731
+            def feed(m, dets=dets, targets=targets, x=x, shapes=shapes):
+                return m.update(*coco_rows(*to_original_pixels(dets, targets, x.shape[2:], shapes)))
             t["metrics"] = _best(lambda: feed(DetectionMetrics(model.nc)), repeat, t["metrics"])[1]
             feed(metrics)
             for path, key in (("torchvision", "nms_torchvision"), ("all-candidates", "nms_old"))[:2 if old else 1]:
