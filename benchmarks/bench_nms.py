@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_nms --weights runs/train/exp/weights/best.pt --data cards.yaml [--imgsz 320]
                                      [--batch 16] [--threads 1] [--no-old]
+    python -m benchmarks.bench_nms --crowded [--threads 1]
 
 Per image, on the --data val split: pre-process, inference (--weights, a .pt or an export, through DetectBackend),
 NMS at conf 0.001 / IoU 0.6 / multi-label / max_det 300 (as val.py runs it: the compiled kernel), the metric as val.py
@@ -110,22 +111,46 @@ def report(ms: dict, imgsz: int, old: bool) -> str:
     return "\n".join(lines)
 
 
+def run_crowded(repeat: int = 3, bs: int = 16, n: int = 6300, nc: int = 3) -> dict:
+    """Milliseconds per image of the three paths on tests/test_nms.py's crowded() predictions (many boxes per
+    object, ~15,000 candidates per image at conf 0.001); the all-candidates one runs once (it is slow)."""
+    from tests.test_nms import crowded
+    p = crowded(bs=bs, n=n, nc=nc, seed=0)
+    ms = {"candidates": float(((p[..., 5:] * p[..., 4:5]) > VAL_NMS["conf_thres"]).sum()) / bs}
+    ref = None
+    for path in PATHS:
+        out, t = _best(lambda: _nms(p, path, **VAL_NMS), 1 if path == "all-candidates" else repeat, 0.0)
+        assert ref is None or all(torch.equal(a, b) for a, b in zip(ref, out)), f"{path} NMS differs"
+        ref, ms[path] = out, t / bs * 1e3
+    return ms
+
+
 def parse_opt(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--weights", required=True, help="trained .pt checkpoint")
-    ap.add_argument("--data", required=True, help="dataset yaml; its val split is used")
+    ap.add_argument("--weights", help="trained .pt checkpoint (or an export)")
+    ap.add_argument("--data", help="dataset yaml; its val split is used")
+    ap.add_argument("--crowded", action="store_true", help="instead: the NMS paths on crowded synthetic predictions")
     ap.add_argument("--imgsz", type=int, default=320)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=3, help="time each phase as the fastest of this many runs")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--no-old", action="store_true", help="skip timing the all-candidates NMS")
-    return ap.parse_args(argv)
+    opt = ap.parse_args(argv)
+    if not opt.crowded and not (opt.weights and opt.data):
+        ap.error("--weights and --data are required (or --crowded)")
+    return opt
 
 
 def main(opt) -> None:
     if opt.threads:
         torch.set_num_threads(opt.threads)
+    if opt.crowded:
+        ms = run_crowded(opt.repeat)
+        print(f"crowded predictions, {ms['candidates']:.0f} candidates per image, torch threads "
+              f"{torch.get_num_threads()}: " + ", ".join(f"{k} {ms[k]:.2f} ms" for k in PATHS) + " per image "
+              "(identical boxes)")
+        return
     print(report(run(opt.weights, opt.data, opt.imgsz, opt.batch, opt.workers, not opt.no_old, opt.repeat), opt.imgsz,
                  not opt.no_old))
 

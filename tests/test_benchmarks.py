@@ -389,3 +389,15 @@ def test_package_keeps_the_former_module_names_and_loads_lazily():
     assert p.returncode == 0 and p.stdout.strip() == "benchmarks.backbones", p.stderr
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = __import__("benchmarks").nope
+
+
+def test_bench_nms_crowded_times_every_path_and_checks_they_agree(monkeypatch):
+    from benchmarks import bench_nms
+    ms = bench_nms.run_crowded(repeat=1, bs=2, n=800)
+    assert set(bench_nms.PATHS) <= set(ms) and all(ms[k] > 0 for k in bench_nms.PATHS)
+    assert ms["candidates"] > 800  # multi-label: several classes of most anchors
+    import utils.inference.nms as nms
+    real = nms._kernel_nms  # a path that returned other boxes would fail the run, not pass silently
+    monkeypatch.setattr(nms, "_kernel_nms", lambda *a: [d[:-1] for d in real(*a)])
+    with pytest.raises(AssertionError, match="differs"):
+        bench_nms.run_crowded(repeat=1, bs=2, n=800)
