@@ -241,8 +241,8 @@ def test_rescale_boxes_for_a_batch_equals_one_call_per_image(dtype):
 
 
 def test_warmup_on_cpu_loads_the_compiled_nms(monkeypatch, tmp_path):
-    """val.py warms the backend up before timing; on CPU that also loads the compiled NMS code (0.4 s from numba's
-    cache), which would otherwise land in the first batch's NMS time."""
+    """val.py warms the backend up before timing; on CPU that also loads the compiled NMS code (under a second
+    from numba's cache), which would otherwise land in the first batch's NMS time."""
     from utils.inference import nms_kernel
     loaded = []
     monkeypatch.setattr(nms_kernel, "warmup", lambda: loaded.append(1))

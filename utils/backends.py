@@ -515,7 +515,8 @@ def rescale_boxes(boxes: torch.Tensor, input_hw, orig_hw, ratio_pad=None, round_
     """The one rescaling: xyxy boxes (in place) from the letterboxed input back to original pixels, clipped;
     ratio_pad as the dataloader reports it (else derived from the two shapes, as the predictor does). For a
     whole batch in one call, orig_hw and ratio_pad are lists per image and image (n,) says whose each row is.
-    Per row, the arithmetic of utils.boxes.scale_boxes: pad subtracted, gain divided, both in the boxes' dtype."""
+    Per row, the arithmetic of utils.boxes.scale_boxes (its letterbox_params): pad subtracted, gain divided, both
+    in the boxes' dtype, then clipped."""
     if image is None:
         orig_hw, ratio_pad, image = [orig_hw], [ratio_pad], torch.zeros(len(boxes), dtype=torch.long)
     gain, pad_x, pad_y, h0, w0 = (torch.tensor(v, dtype=torch.float64).to(boxes.dtype)[image.cpu()].to(boxes.device)
@@ -530,12 +531,10 @@ def rescale_boxes(boxes: torch.Tensor, input_hw, orig_hw, ratio_pad=None, round_
 
 
 def _rescale_params(input_hw, orig_hw, ratio_pad) -> tuple:
-    """(gain, pad x, pad y, h0, w0) as utils.boxes.scale_boxes derives them."""
-    h0, w0 = orig_hw
-    if ratio_pad is None:
-        g = min(input_hw[0] / h0, input_hw[1] / w0)
-        return g, (input_hw[1] - w0 * g) / 2, (input_hw[0] - h0 * g) / 2, h0, w0
-    return ratio_pad[0][0], ratio_pad[1][0], ratio_pad[1][1], h0, w0
+    """(gain, pad x, pad y, h0, w0) of one image."""
+    from utils.boxes import letterbox_params
+    gain, pad = letterbox_params(input_hw, orig_hw, ratio_pad)
+    return gain, pad[0], pad[1], orig_hw[0], orig_hw[1]
 
 
 def label_lines(cls, xywhn, conf=None) -> list[str]:

@@ -67,14 +67,18 @@ def clip_boxes(boxes, shape):
     return boxes
 
 
-def scale_boxes(img1_shape, boxes, img0_shape, ratio_pad=None):
-    """Map xyxy boxes from a letterboxed image of shape img1_shape back to the original img0_shape."""
+def letterbox_params(img1_shape, img0_shape, ratio_pad=None) -> tuple:
+    """(gain, (pad x, pad y)) of the letterbox from img0_shape to img1_shape: the dataloader's ratio_pad, or
+    derived from the two shapes (centred, one gain for both axes)."""
     if ratio_pad is None:
         gain = min(img1_shape[0] / img0_shape[0], img1_shape[1] / img0_shape[1])
-        pad = (img1_shape[1] - img0_shape[1] * gain) / 2, (img1_shape[0] - img0_shape[0] * gain) / 2
-    else:
-        gain = ratio_pad[0][0]
-        pad = ratio_pad[1]
+        return gain, ((img1_shape[1] - img0_shape[1] * gain) / 2, (img1_shape[0] - img0_shape[0] * gain) / 2)
+    return ratio_pad[0][0], ratio_pad[1]
+
+
+def scale_boxes(img1_shape, boxes, img0_shape, ratio_pad=None):
+    """Map xyxy boxes from a letterboxed image of shape img1_shape back to the original img0_shape."""
+    gain, pad = letterbox_params(img1_shape, img0_shape, ratio_pad)
     boxes[..., [0, 2]] -= pad[0]
     boxes[..., [1, 3]] -= pad[1]
     boxes[..., :4] /= gain

@@ -11,6 +11,7 @@ AP follows pycocotools' COCOeval for bbox with its default parameters, area rang
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -135,19 +136,19 @@ def match_coco(pred_img, pred_cls, pred_score, pred_box, gt_img, gt_cls, gt_box,
 
 
 MATCH_COMPILED = True  # use utils/match_kernel.py where numba is there (tests switch it off for the numpy loop)
-_KERNEL = []
 
 
 def _match_kernel():
-    if not MATCH_COMPILED:
+    return _compiled_matcher() if MATCH_COMPILED else None
+
+
+@functools.cache
+def _compiled_matcher():
+    try:
+        from utils import match_kernel
+    except ImportError:  # numba is in requirements.txt; without it the numpy loop gives the same matches
         return None
-    if not _KERNEL:
-        try:
-            from utils import match_kernel
-        except ImportError:  # numba is in requirements.txt; without it the numpy loop gives the same matches
-            match_kernel = None
-        _KERNEL.append(match_kernel)
-    return _KERNEL[0]
+    return match_kernel
 
 
 def _match_by_rank(pi, gi, iou, thr, rank, n_det: int, n_gt: int) -> np.ndarray:

@@ -14,6 +14,7 @@ candidates tied with its last score, so a window is always a prefix of that one 
 """
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -199,18 +200,15 @@ def non_max_suppression(prediction, conf_thres: float = 0.25, iou_thres: float =
     return list(dets.split([len(k) for k in keep_per_image]))
 
 
-_KERNEL = []  # [module] once imported, [None] when numba is missing
-
-
+@functools.cache
 def _kernel():
-    if not _KERNEL:
-        try:
-            from utils.inference import nms_kernel
-        except ImportError as e:  # numba is in requirements.txt; without it NMS stays exact, only slower
-            LOGGER.info(f"NMS: compiled kernel unavailable ({e}); using torchvision's")
-            nms_kernel = None
-        _KERNEL.append(nms_kernel)
-    return _KERNEL[0]
+    """utils/inference/nms_kernel.py, or None without numba."""
+    try:
+        from utils.inference import nms_kernel
+    except ImportError as e:  # numba is in requirements.txt; without it NMS stays exact, only slower
+        LOGGER.info(f"NMS: compiled kernel unavailable ({e}); using torchvision's")
+        return None
+    return nms_kernel
 
 
 def warmup() -> None:
